@@ -1,0 +1,62 @@
+"""`python -m medart_core generate`: a synthetic dataset from prompts, in the imagefolder layout."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "generate synthetic images (imagefolder + metadata.jsonl), resumable, shardable with accelerate"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="PixArt-alpha pipeline: a hub id (e.g. PixArt-alpha/PixArt-XL-2-512x512) or a local save_pretrained folder")
+    parser.add_argument("--lora", default=None,
+                        help="LoRA adapter: one PEFT folder for the transformer, or a training output folder "
+                             "(its transformer_lora/ and, if present, text_encoder_lora/ are used)")
+    parser.add_argument("--text-encoder-lora", default=None, help="PEFT adapter folder for the T5 text encoder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt (use --n for several images of it)")
+    source.add_argument("--prompts", metavar="FILE",
+                        help="JSONL with \"text\" and optional \"label\" per line; a real set's metadata.jsonl works")
+    parser.add_argument("--label", default=None, help="class label recorded for --prompt (default: none)")
+    parser.add_argument("--n", type=int, default=1, help="images per prompt (default: 1)")
+    parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps (default: 20)")
+    parser.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance scale; 1 turns it off (default: 4.5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image k gets seed+k (default: 0)")
+    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's native size)")
+    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's native size)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per transformer batch (default: 4)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu; "
+                                                       "under accelerate launch, each process's own device)")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
+                        help="transformer/VAE precision (default: bf16 on GPU, fp32 on CPU); T5 is never fp16")
+    parser.add_argument("--out", required=True, help="output folder; an interrupted run with the same settings resumes there")
+
+
+def run(args: argparse.Namespace) -> None:
+    from accelerate import PartialState
+
+    from medart_core.data import read_prompts
+    from medart_core.errors import MedArtError
+    from medart_core.generation import GenerationSettings, generate_dataset, plan_jobs
+    from medart_core.pipeline import Precision, load_pipeline
+
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise MedArtError("--prompt is empty")
+        prompts = [{"text": args.prompt.strip(), "label": args.label}]
+    else:
+        prompts = read_prompts(args.prompts)
+    if args.batch_size < 1:
+        raise MedArtError(f"--batch-size must be at least 1, got {args.batch_size}")
+    settings = GenerationSettings(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width)
+    settings.check()
+    jobs = plan_jobs(prompts, args.n, args.seed)
+
+    state = PartialState()
+    device = args.device if (args.device and state.num_processes == 1) else state.device
+    precision = Precision.choose(device, args.dtype)
+    model = load_pipeline(args.model, lora=args.lora, text_encoder_lora=args.text_encoder_lora, precision=precision)
+    metadata = generate_dataset(model, jobs, args.out, settings, batch_size=args.batch_size, state=state)
+    if state.is_main_process:
+        print(f"{len(jobs)} synthetic images and {metadata}")
