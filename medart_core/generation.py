@@ -57,8 +57,9 @@ def generate_images(
     settings: GenerationSettings = GenerationSettings(),
     *,
     step_callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    output_type: str = "pil",
 ) -> list[Image.Image]:
-    """One image per (prompt, seed) pair, in one batch."""
+    """One image per (prompt, seed) pair, in one batch (output_type "np" gives float arrays)."""
     settings.check()
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -77,7 +78,7 @@ def generate_images(
             callback=step_callback,
         )
         images = decode_latents(pipe.vae, latents)
-    return pipe.image_processor.postprocess(images, output_type="pil")
+    return pipe.image_processor.postprocess(images, output_type=output_type)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,16 @@ def _check_manifest(out_dir: Path, manifest: dict) -> None:
         path.write_text(json.dumps(manifest, indent=1))
 
 
+def process_state():
+    """accelerate's view of this process (rank, world size, device). PartialState, unlike
+    Accelerator, ignores ACCELERATE_USE_CPU, without which CPU processes started by
+    `accelerate launch` do not join one process group."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def generate_dataset(
     model: LoadedModel,
     jobs: list[ImageJob],
@@ -152,12 +163,11 @@ def generate_dataset(
     `accelerate launch`, each process takes every num_processes-th job and the main process
     writes the one metadata.jsonl once all are done.
     """
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     settings.check()
     settings.image_size(model.pipe)
-    state = state or PartialState()
+    state = state or process_state()
     out_dir = Path(out_dir)
     manifest = {
         "model": model.model_id,
@@ -173,6 +183,7 @@ def generate_dataset(
         _check_manifest(out_dir, manifest)
 
     mine = jobs[state.process_index :: state.num_processes]
+    logger.debug("process %d of %d on %s: %d images", state.process_index, state.num_processes, state.device, len(mine))
     todo = [j for j in mine if not (out_dir / j.file_name).is_file()]
     if len(todo) < len(mine):
         logger.info("resuming: %d of this process's %d images are already in %s", len(mine) - len(todo), len(mine), out_dir)

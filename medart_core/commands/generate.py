@@ -34,11 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from accelerate import PartialState
-
     from medart_core.data import read_prompts
     from medart_core.errors import MedArtError
-    from medart_core.generation import GenerationSettings, generate_dataset, plan_jobs
+    from medart_core.generation import GenerationSettings, generate_dataset, plan_jobs, process_state
     from medart_core.pipeline import Precision, load_pipeline
 
     if args.prompt is not None:
@@ -53,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     settings.check()
     jobs = plan_jobs(prompts, args.n, args.seed)
 
-    state = PartialState()
+    state = process_state()
     device = args.device if (args.device and state.num_processes == 1) else state.device
     precision = Precision.choose(device, args.dtype)
     model = load_pipeline(args.model, lora=args.lora, text_encoder_lora=args.text_encoder_lora, precision=precision)

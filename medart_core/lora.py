@@ -1,0 +1,48 @@
+"""LoRA adapter configurations for PixArt-alpha's transformer and its T5 text encoder (PEFT).
+
+Adapters are stock PEFT folders (adapter_config.json + adapter_model.safetensors) that
+`peft.PeftModel.from_pretrained` loads onto the stock diffusers/transformers modules.
+"""
+
+from __future__ import annotations
+
+# Attention (self and cross), feed-forward, and the adaLN-single / timestep / caption-projection
+# linears of PixArtTransformer2DModel.
+TRANSFORMER_TARGETS = [
+    "to_q", "to_k", "to_v", "to_out.0",
+    "ff.net.0.proj", "ff.net.2",
+    "adaln_single.linear", "timestep_embedder.linear_1", "timestep_embedder.linear_2",
+    "caption_projection.linear_1", "caption_projection.linear_2",
+]
+# T5 v1.1 (PixArt's T5-XXL) has gated feed-forwards: wi_0 and wi_1, no wi.
+TEXT_ENCODER_TARGETS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
+
+
+def lora_config(targets: list[str], *, rank: int = 16, alpha: float | None = None,
+                dropout: float = 0.0, use_dora: bool = False):
+    """A peft LoraConfig; alpha defaults to the rank (scale 1), LoRA B starts at zero."""
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        lora_dropout=dropout,
+        use_dora=use_dora,
+        init_lora_weights=True,
+        target_modules=targets,
+    )
+
+
+def add_lora(module, config):
+    """Wrap `module` with a trainable LoRA adapter, in place; returns the PeftModel (whose
+    `save_pretrained` writes the adapter folder). LoRA weights are kept in fp32 whatever the
+    base dtype, so updates to them are not rounded away in bf16."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(module, config, autocast_adapter_dtype=True)
+    for param in peft_model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return peft_model
