@@ -67,7 +67,7 @@ class TrainConfig:
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N optimizer steps (and at the end)")
     checkpoints_total_limit: int = option(3, "keep only the last K checkpoints")
     validation_steps: int = option(0, "generate validation images every N steps (0: only at the end)")
-    validation_prompts: list[str] | None = option(None, "fixed validation prompts (default: the first 4 training captions)")
+    validation_prompts: list[str] | None = option(None, "fixed validation prompts (default: the first 4 distinct training captions)")
     validation_seeds: list[int] | None = option(None, "one seed per validation prompt (default: 0, 1, 2, ...)")
     validation_inference_steps: int = option(20, "DPM-Solver++ steps of validation images")
     logging_steps: int = option(1, "log losses every N optimizer steps")

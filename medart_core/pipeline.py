@@ -201,6 +201,10 @@ class PromptEncoder:
                     n, self.max_tokens, prompt,
                 )
 
+    def encode_trainable(self, prompts: list[str]) -> TextConditioning:
+        """Embeddings with autograd on and no cache, for training a LoRA on the text encoder."""
+        return TextConditioning(*self._encode_uncached(list(prompts)))
+
     def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, mask, _, _ = self.pipe.encode_prompt(
             prompts,

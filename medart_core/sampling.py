@@ -45,8 +45,11 @@ def micro_conditions(transformer, batch: int, height: int, width: int, *, device
 
 
 def predict_noise(transformer, latents, timestep, text: TextConditioning, added_cond_kwargs: dict):
-    """One transformer call; returns the epsilon half of PixArt's (epsilon, sigma) output."""
-    timestep = timestep.reshape(-1)[:1].to(latents.device).expand(latents.shape[0])
+    """One transformer call; returns the epsilon half of PixArt's (epsilon, sigma) output.
+    `timestep` is one value for the whole batch (sampling) or one per image (training)."""
+    timestep = timestep.reshape(-1).to(latents.device)
+    if timestep.numel() == 1:
+        timestep = timestep.expand(latents.shape[0])
     output = transformer(
         latents,
         encoder_hidden_states=text.embeds,

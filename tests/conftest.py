@@ -43,3 +43,50 @@ def transformer_lora_dir(tiny_pipeline_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("lora") / "transformer_lora"
     peft_model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_train_data(tmp_path_factory):
+    """An imagefolder (train/ split, metadata.jsonl) of two visibly different colour classes."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("train-data")
+    (root / "train").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        orange = i % 2 == 1
+        pixels = rng.random((40, 40, 3)) * 60 + ([200, 90, 30] if orange else [120, 60, 150])
+        Image.fromarray(pixels.clip(0, 255).astype("uint8")).save(root / "train" / f"{i}.png")
+        rows.append({
+            "file_name": f"{i}.png",
+            "text": "A fundus photograph of the retina, orange background" if orange
+            else "A histopathology tile, purple nuclei, pink stroma",
+            "label": "fundus" if orange else "histology",
+        })
+    (root / "train" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def accelerate_launch(args: list[str], timeout: int = 600):
+    """Run `accelerate launch` with two CPU processes in one process group.
+
+    `accelerate launch --cpu --num_processes 2` starts a single process unless it is given an MPI
+    hostfile; torchrun (via --multi_gpu) with ACCELERATE_USE_CPU=1 gives two gloo processes.
+    """
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def launch_two_cpu_processes():
+    return accelerate_launch

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -30,16 +28,6 @@ def prompt_file(tmp_path):
 def generate_args(model_dir, prompt_file, out, *extra):
     return ["generate", "--model", str(model_dir), "--prompts", str(prompt_file), "--n", "2",
             "--steps", "3", "--batch-size", "4", "--device", "cpu", "--out", str(out), *extra]
-
-
-def accelerate_launch(args, timeout=300):
-    """Two CPU processes in one process group. (`accelerate launch --cpu --num_processes 2` starts
-    only one process unless given an MPI hostfile; torchrun via --multi_gpu with
-    ACCELERATE_USE_CPU=1 gives two gloo processes.)"""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def read_rows(path):
@@ -130,11 +118,13 @@ def test_bad_prompt_files_are_reported_with_line_numbers(tiny_pipeline_dir, tmp_
 
 
 @pytest.mark.slow
-def test_accelerate_two_processes_shard_prompts_into_one_metadata(tiny_pipeline_dir, prompt_file, tmp_path):
+def test_accelerate_two_processes_shard_prompts_into_one_metadata(
+    tiny_pipeline_dir, prompt_file, tmp_path, launch_two_cpu_processes
+):
     single = tmp_path / "single"
     assert main(generate_args(tiny_pipeline_dir, prompt_file, single)) == 0
     sharded = tmp_path / "sharded"
-    result = accelerate_launch(["-m", "medart_core", "-v", *generate_args(tiny_pipeline_dir, prompt_file, sharded)])
+    result = launch_two_cpu_processes(["-m", "medart_core", "-v", *generate_args(tiny_pipeline_dir, prompt_file, sharded)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 1 of 2" in result.stderr
     assert read_rows(sharded / "metadata.jsonl") == read_rows(single / "metadata.jsonl")

@@ -1,0 +1,422 @@
+"""LoRA + HLDF fine-tuning of PixArt-alpha.
+
+    accelerate launch finetune/train.py --config finetune/configs/paper.yaml [--key value ...]
+
+The story, top to bottom: config -> models (frozen PixArt-alpha + LoRA adapters) -> data ->
+optimizer -> resume -> loop -> save. Each optimizer step trains on the latent noise-prediction
+loss; every `hldf_every` steps, Hybrid-Level Diffusion Fine-tuning also samples an image per real
+image with the shared DPM-Solver++ loop *with gradients*, decodes it to pixels and adds a
+colour-distribution loss against the real batch. Sampler, losses and loaders come from
+medart_core, the same code the generation CLI and the app run.
+
+Gradients of the (small) LoRA weights are averaged across processes by one all-reduce per step
+instead of wrapping the transformer in DistributedDataParallel, which cannot follow the many
+transformer calls of an HLDF sample before one backward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from finetune.config import TrainConfig, load_config
+from medart_core.errors import MedArtError
+from medart_core.generation import GenerationSettings, generate_images, process_state
+from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS, add_lora, lora_config
+from medart_core.losses import color_distribution_loss, noise_prediction_loss
+from medart_core.pipeline import (TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths, LoadedModel, Precision,
+                                  PromptEncoder, load_pipeline)
+from medart_core.sampling import TextConditioning, decode_latents, dpm_solver_sample, micro_conditions, predict_noise
+from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampler
+
+logger = logging.getLogger("medart.train")
+STATE_FILE = "training_state.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# precision and models
+
+
+def choose_mixed_precision(config: TrainConfig, device: torch.device) -> str:
+    if config.mixed_precision != "auto":
+        return config.mixed_precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+
+
+def training_precision(device: torch.device, mixed_precision: str) -> Precision:
+    """Frozen base weights in the mixed-precision dtype (fp32 on CPU); T5 in bf16 or fp32, never fp16."""
+    model_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+    return Precision(device, model_dtype, torch.float32 if model_dtype == torch.float16 else model_dtype)
+
+
+def build_models(config: TrainConfig, precision: Precision):
+    """PixArt-alpha with a trainable LoRA on the transformer (and optionally on T5); all else frozen."""
+    loaded = load_pipeline(config.model, precision=precision, prompt_cache_size=0)
+    pipe = loaded.pipe
+    for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    if config.gradient_checkpointing:
+        pipe.transformer.enable_gradient_checkpointing()
+    if config.vae_gradient_checkpointing:
+        pipe.vae.enable_gradient_checkpointing()
+    transformer_lora = add_lora(pipe.transformer, lora_config(
+        TRANSFORMER_TARGETS, rank=config.lora_rank, alpha=config.lora_alpha,
+        dropout=config.lora_dropout, use_dora=config.use_dora))
+    text_encoder_lora = None
+    if config.train_text_encoder_lora:
+        text_encoder_lora = add_lora(pipe.text_encoder, lora_config(
+            TEXT_ENCODER_TARGETS, rank=config.text_encoder_lora_rank or config.lora_rank,
+            alpha=config.lora_alpha, dropout=config.lora_dropout, use_dora=config.use_dora))
+    pipe.transformer.train()
+    pipe.text_encoder.eval()  # T5 dropout stays off, LoRA or not
+    return loaded, transformer_lora, text_encoder_lora
+
+
+def make_optimizer(parameters, config: TrainConfig, device: torch.device):
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        except (ImportError, RuntimeError) as err:
+            logger.warning("bitsandbytes AdamW8bit is unavailable on %s (%s); using torch AdamW", device, err)
+    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------
+# one step
+
+
+def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """All randomness of one micro-batch comes from (seed, micro-step, process): a resumed run
+    draws exactly what an uninterrupted run would have drawn."""
+    state = np.random.SeedSequence([seed, micro_step, rank]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def encode_text(prompts: PromptEncoder, texts: list[str], trainable: bool, dtype) -> TextConditioning:
+    text = prompts.encode_trainable(texts) if trainable else prompts(texts)
+    return text.to(dtype=dtype)
+
+
+def noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator):
+    """The usual latent diffusion loss on a real batch (with flips and caption dropout)."""
+    pipe = models.pipe
+    device, dtype = accelerator.device, pipe.transformer.dtype
+    pixels = batch["pixels"].to(device)
+    if config.random_flip:
+        flip = torch.rand(len(pixels), generator=generator) < 0.5
+        pixels = torch.where(flip.to(device)[:, None, None, None], pixels.flip(-1), pixels)
+    dropped = torch.rand(len(pixels), generator=generator) < config.caption_dropout
+    texts = ["" if drop else text for drop, text in zip(dropped.tolist(), batch["text"])]
+    text = encode_text(models.prompts, texts, config.train_text_encoder_lora, dtype)
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.sample(generator=generator)
+        latents = (latents * pipe.vae.config.scaling_factor).to(dtype)
+    noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps.to(device))
+    added = micro_conditions(pipe.transformer, len(latents), config.resolution, config.resolution,
+                             device=device, dtype=dtype)
+    with accelerator.autocast():
+        predicted = predict_noise(pipe.transformer, noisy, timesteps.to(device), text, added)
+    return noise_prediction_loss(predicted, noise), pixels
+
+
+def hldf_colour_step(models, real_pixels, texts, config, generator, accelerator):
+    """HLDF: sample one image per real image through DPM-Solver++ with gradients, decode it to
+    pixels and compare its per-channel colour statistics with the real batch."""
+    pipe = models.pipe
+    device, dtype = accelerator.device, pipe.transformer.dtype
+    text = encode_text(models.prompts, texts, config.train_text_encoder_lora, dtype)
+    negative = encode_text(models.prompts, [""] * len(texts), config.train_text_encoder_lora, dtype)
+    size = config.resolution // pipe.vae_scale_factor
+    shape = (len(texts), pipe.transformer.config.in_channels, size, size)
+    noise = (torch.randn(shape, generator=generator) * pipe.scheduler.init_noise_sigma).to(device, dtype)
+    with accelerator.autocast():
+        latents = dpm_solver_sample(
+            pipe.transformer, pipe.scheduler, noise, text, negative,
+            num_steps=config.hldf_steps, guidance_scale=config.hldf_guidance,
+            image_size=(config.resolution, config.resolution), requires_grad=True,
+            grad_last_k=config.hldf_grad_last_k, gradient_checkpointing=config.hldf_checkpointing,
+        )
+        generated = decode_latents(pipe.vae, latents)
+    return color_distribution_loss(generated.float() / 2 + 0.5, real_pixels.float() / 2 + 0.5)
+
+
+def average_gradients(parameters: list[torch.Tensor], accelerator: Accelerator) -> None:
+    """Mean of the LoRA gradients over processes, in one all-reduce."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    offset = 0
+    for param, grad in zip(parameters, grads):
+        param.grad = flat[offset: offset + grad.numel()].view_as(grad).clone()
+        offset += grad.numel()
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints, validation, model card
+
+
+def save_adapters(folder: Path, transformer_lora, text_encoder_lora) -> None:
+    transformer_lora.save_pretrained(folder / TRANSFORMER_ADAPTER)
+    if text_encoder_lora is not None:
+        text_encoder_lora.save_pretrained(folder / TEXT_ENCODER_ADAPTER)
+
+
+def save_checkpoint(output_dir: Path, state: dict, transformer_lora, text_encoder_lora, keep: int) -> Path:
+    """checkpoint-<step>/ with the adapters (usable by `generate --lora`) and the full resume
+    state, written under a temporary name and renamed, so a crash never leaves half a checkpoint."""
+    final = output_dir / "checkpoints" / f"checkpoint-{state['global_step']}"
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_adapters(partial, transformer_lora, text_encoder_lora)
+    torch.save(state, partial / STATE_FILE)
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    folders = [p for p in (output_dir / "checkpoints").glob("checkpoint-*") if (p / STATE_FILE).is_file()]
+    return sorted(folders, key=lambda p: int(p.name.split("-")[1]))
+
+
+def find_checkpoint(config: TrainConfig) -> Path | None:
+    if config.resume is None:
+        return None
+    if config.resume == "latest":
+        found = list_checkpoints(Path(config.output_dir))
+        if not found:
+            logger.info("--resume latest: no checkpoint in %s yet, starting fresh", config.output_dir)
+        return found[-1] if found else None
+    folder = Path(config.resume)
+    if not (folder / STATE_FILE).is_file():
+        raise MedArtError(f"{folder} is not a training checkpoint (no {STATE_FILE} in it)")
+    return folder
+
+
+def load_checkpoint(folder: Path, transformer_lora, text_encoder_lora) -> dict:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(transformer_lora, load_file(folder / TRANSFORMER_ADAPTER / "adapter_model.safetensors"))
+    if text_encoder_lora is not None:
+        adapter = folder / TEXT_ENCODER_ADAPTER / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise MedArtError(f"{folder} has no text-encoder adapter, but train_text_encoder_lora is on")
+        set_peft_model_state_dict(text_encoder_lora, load_file(adapter))
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def run_validation(models, config, prompts, seeds, step, output_dir, accelerator):
+    """Images from fixed prompts and seeds with the weights in memory (never reloaded from disk)."""
+    pipe = models.pipe
+    pipe.transformer.eval()
+    encoder = PromptEncoder(pipe) if config.train_text_encoder_lora else models.prompts
+    current = LoadedModel(pipe, config.model, AdapterPaths(), models.precision, encoder)
+    settings = GenerationSettings(steps=config.validation_inference_steps, height=config.resolution,
+                                  width=config.resolution)
+    images = generate_images(current, prompts, seeds, settings)
+    pipe.transformer.train()
+    folder = output_dir / "validation" / f"step-{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(folder / f"{i:02d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            stacked = np.stack([np.asarray(image) for image in images])
+            tracker.writer.add_images("validation", stacked, step, dataformats="NHWC")
+    return folder
+
+
+def write_model_card(output_dir: Path, config: TrainConfig, summary: dict) -> None:
+    figures = "\n".join(f"| {key} | {value} |" for key, value in summary.items())
+    (output_dir / "README.md").write_text(f"""---
+base_model: {config.model}
+library_name: peft
+tags: [medart, pixart-alpha, lora, hldf, medical-imaging, text-to-image]
+---
+
+# Med-Art LoRA adapters for {config.model}
+
+LoRA adapters (PEFT) for the transformer{' and the T5 text encoder' if config.train_text_encoder_lora else ''} of
+`{config.model}`, fine-tuned by Med-Art on `{config.data}` with
+{'Hybrid-Level Diffusion Fine-tuning (colour loss every ' + str(config.hldf_every) + ' steps)' if config.hldf_every else 'the noise-prediction loss only (HLDF off)'}.
+
+**Not for clinical use.** Images generated with these adapters are synthetic: they are not
+patient images and must not be used for diagnosis.
+
+Use: `python -m medart_core generate --model {config.model} --lora {output_dir} --prompt "..." --out DIR`
+
+## Figures
+
+| | |
+|---|---|
+{figures}
+
+## Configuration
+
+```yaml
+{config.to_yaml()}```
+""")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        train(load_config(argv))
+    except MedArtError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def train(config: TrainConfig) -> Path:
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        mixed_precision=choose_mixed_precision(config, process_state().device),
+    )
+    rank, is_main = accelerator.process_index, accelerator.is_main_process
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(config.to_yaml())
+        logger.info("effective config:\n%s", config.to_yaml())
+
+    # models (the seed also fixes LoRA's random initialisation of A)
+    set_seed(config.seed)
+    precision = training_precision(accelerator.device, accelerator.mixed_precision)
+    models, transformer_lora, text_encoder_lora = build_models(config, precision)
+    pipe = models.pipe
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    trainable = [p for p in pipe.transformer.parameters() if p.requires_grad]
+    if text_encoder_lora is not None:
+        trainable += [p for p in pipe.text_encoder.parameters() if p.requires_grad]
+
+    # data
+    dataset = ImageCaptionDataset(config.data, config.resolution, center_crop=config.center_crop)
+    unique_captions = {r.text.strip() for r in dataset.records}
+    models.prompts = PromptEncoder(pipe, max_entries=len(unique_captions) + 2)  # every caption + ""
+
+    # optimizer and schedule
+    optimizer = accelerator.prepare_optimizer(make_optimizer(trainable, config, accelerator.device))
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps)
+
+    # resume
+    global_step, skipped_steps = 0, 0
+    checkpoint = find_checkpoint(config)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, transformer_lora, text_encoder_lora)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        global_step, skipped_steps = state["global_step"], state["skipped_steps"]
+        logger.info("resumed from %s at step %d", checkpoint, global_step)
+    micro_step = global_step * config.gradient_accumulation_steps
+    sampler = ResumableShuffleSampler(len(dataset), seed=config.seed, rank=rank, num_replicas=accelerator.num_processes,
+                                      start=micro_step * config.train_batch_size)
+    batches = iter(DataLoader(dataset, batch_size=config.train_batch_size, sampler=sampler,
+                              num_workers=config.dataloader_num_workers, drop_last=True))
+
+    validation_prompts = config.validation_prompts or list(dict.fromkeys(r.text.strip() for r in dataset.records))[:4]
+    validation_seeds = config.validation_seeds or list(range(len(validation_prompts)))
+    accelerator.init_trackers("medart-finetune", config={k: str(v) for k, v in vars(config).items()})
+    log_file = output_dir / "train_log.jsonl"
+    progress = tqdm(total=config.max_train_steps, initial=global_step, desc="training", disable=not is_main)
+    started = time.time()
+    last_logs: dict = {}
+
+    # the loop: one iteration per optimizer step, gradient accumulation inside
+    while global_step < config.max_train_steps:
+        hldf_now = config.hldf_every > 0 and (global_step + 1) % config.hldf_every == 0
+        logs = {"loss/mse": 0.0}
+        finite = True
+        for accumulation in range(config.gradient_accumulation_steps):
+            batch = next(batches)
+            generator = step_generator(config.seed, micro_step, rank)
+            micro_step += 1
+            loss, real_pixels = noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator)
+            logs["loss/mse"] += loss.item() / config.gradient_accumulation_steps
+            last_micro_batch = accumulation == config.gradient_accumulation_steps - 1
+            if hldf_now and last_micro_batch:  # once per optimizer step, never per micro-batch
+                colour = hldf_colour_step(models, real_pixels, batch["text"], config, generator, accelerator)
+                logs["loss/color"] = colour.item()
+                loss = loss + config.colour_weight * colour
+            if not torch.isfinite(loss):
+                finite = False
+                continue
+            accelerator.backward(loss / config.gradient_accumulation_steps)
+
+        average_gradients(trainable, accelerator)
+        finite = finite and all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None)
+        finite = bool(accelerator.reduce(torch.tensor([float(finite)], device=accelerator.device), "min").item())
+        if finite:
+            if config.max_grad_norm > 0:
+                logs["grad_norm"] = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
+            optimizer.step()
+            lr_scheduler.step()
+        else:
+            skipped_steps += 1
+            logger.warning("step %d: non-finite loss or gradients, step skipped (weights unchanged)", global_step + 1)
+        optimizer.zero_grad(set_to_none=True)
+        global_step += 1
+        progress.update(1)
+
+        logs.update({"lr": lr_scheduler.get_last_lr()[0], "skipped_steps": skipped_steps})
+        last_logs = logs
+        if global_step % config.logging_steps == 0 or "loss/color" in logs:
+            accelerator.log(logs, step=global_step)
+            progress.set_postfix({k: round(v, 4) for k, v in logs.items() if k.startswith("loss")})
+            if is_main:
+                with open(log_file, "a") as handle:
+                    handle.write(json.dumps({"step": global_step, **logs}) + "\n")
+        if is_main and (global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps):
+            state = {"global_step": global_step, "skipped_steps": skipped_steps, "optimizer": optimizer.state_dict(),
+                     "lr_scheduler": lr_scheduler.state_dict(), "config": vars(config)}
+            save_checkpoint(output_dir, state, transformer_lora, text_encoder_lora, config.checkpoints_total_limit)
+        if is_main and config.validation_steps and global_step % config.validation_steps == 0:
+            run_validation(models, config, validation_prompts, validation_seeds, global_step, output_dir, accelerator)
+        accelerator.wait_for_everyone()
+    progress.close()
+
+    # save
+    if is_main:
+        save_adapters(output_dir, transformer_lora, text_encoder_lora)
+        run_validation(models, config, validation_prompts, validation_seeds, global_step, output_dir, accelerator)
+        summary = {"optimizer steps": global_step, "skipped (non-finite) steps": skipped_steps,
+                   "processes": accelerator.num_processes, "mixed precision": accelerator.mixed_precision,
+                   "wall time this run (s)": round(time.time() - started, 1),
+                   **{k: round(v, 6) for k, v in last_logs.items() if isinstance(v, float)}}
+        write_model_card(output_dir, config, summary)
+        logger.info("adapters in %s", output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+if __name__ == "__main__":
+    sys.exit(main())
