@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from medart_core.lora import TRANSFORMER_TARGETS, add_lora, lora_config
-from medart_core.pipeline import Precision, load_pipeline
-from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline
+# Set before anything imports huggingface_hub or gradio: the tests never reach a network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from medart_core.lora import TRANSFORMER_TARGETS, add_lora, lora_config  # noqa: E402
+from medart_core.pipeline import Precision, load_pipeline  # noqa: E402
+from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline  # noqa: E402
 
 TINY = ScratchConfig()  # 32x32 images, 16x16x4 latents, 2 transformer layers, 2-layer T5
 
