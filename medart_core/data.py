@@ -171,3 +171,23 @@ def load_rgb(path: str | Path) -> Image.Image:
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
+
+
+METADATA_CSV_BACKUP = "metadata.csv.orig"
+
+
+def write_metadata_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """Write a metadata.jsonl atomically; a metadata.csv beside it is kept as metadata.csv.orig,
+    since imagefolder refuses a folder with both. The JSONL is complete in a staged file before
+    the CSV moves, so no row is lost even if the process dies between the two renames."""
+    path = Path(path)
+    csv_path = path.parent / METADATA_CSV
+    if path.name != METADATA_FILE or not csv_path.is_file():
+        return write_jsonl_atomic(path, rows)
+    backup = path.parent / METADATA_CSV_BACKUP
+    if backup.exists():
+        raise MedArtError(f"{csv_path} cannot be kept as {backup}: that file exists; move one of them away")
+    staged = write_jsonl_atomic(path.parent / f".{METADATA_FILE}.staged", rows)
+    os.replace(csv_path, backup)
+    os.replace(staged, path)
+    return path

@@ -1,0 +1,398 @@
+"""The Visual Symptom Generator: a VLM writes a validated visual description of every training image.
+
+Read top to bottom: VLM presets and loading -> one batched `generate` call per batch of images
+-> validation with bounded retries (`describe_batch`) -> a whole imagefolder dataset, resumable
+and sharded across processes (`caption_dataset`). Any callable with the captioner's call shape
+(`captioner(requests, attempt) -> texts`, plus a `source` attribute) can stand in for the VLM:
+the offline `FallbackCaptioner`, or a scripted one in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from PIL import Image
+
+from medart_core.caption_templates import CaptionTemplate, load_template
+from medart_core.caption_validation import (
+    MAX_T5_TOKENS,
+    Rules,
+    TokenCounter,
+    check_description,
+    estimate_t5_tokens,
+    repair_description,
+)
+from medart_core.data import METADATA_FILE, load_rgb, read_jsonl, scan_imagefolder, split_folders, write_metadata_jsonl
+from medart_core.errors import MedArtError
+from medart_core.fallback_captioner import SOURCE as FALLBACK
+
+logger = logging.getLogger(__name__)
+
+# Named VLMs (DiT-style presets: they feed --vlm and the app's dropdown). Any other hub id or
+# local folder of an image-text-to-text model works too.
+VLM_PRESETS = {
+    "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",  # default: ~1 GB in fp32, runs on a laptop CPU
+    "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",  # better descriptions, wants a GPU
+    "llava-next-8b": "llava-hf/llama3-llava-next-8b-hf",  # the paper's Visual Symptom Generator
+}
+DEFAULT_VLM = "smolvlm-256m"
+OUTPUT_COLUMNS = ("file_name", "text", "label", "simple_caption", "source", "rule")
+
+
+def resolve_vlm(name: str) -> str:
+    """A preset name to its hub id; anything else (hub id, folder, "fallback") unchanged."""
+    return VLM_PRESETS.get(name, name)
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    """One image to describe, and what its description must start with."""
+
+    image: Image.Image
+    simple_caption: str
+    label: str | None
+    template: CaptionTemplate
+    hint: str = ""  # set on a retry: what was wrong with the previous answer
+
+    def prompt(self) -> str:
+        return self.template.prompt(self.simple_caption, self.label, self.hint)
+
+
+class VLMCaptioner:
+    """A loaded image-text-to-text model: one chat-templated, left-padded, batched `generate`
+    per call. The first attempt decodes greedily (reproducible); retries sample, seeded, so they
+    can come out different."""
+
+    def __init__(self, model, processor, *, source: str, max_new_tokens: int = 160,
+                 temperature: float = 0.7, seed: int = 0):
+        self.model, self.processor, self.source = model, processor, source
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+        processor.tokenizer.padding_side = "left"  # generation continues from the right end of every row
+
+    def __call__(self, requests: list[CaptionRequest], attempt: int = 0) -> list[str]:
+        import torch
+
+        conversations = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r.prompt()}]}]
+                         for r in requests]
+        prompts = [self.processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+        inputs = self.processor(images=[[r.image] for r in requests], text=prompts, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.model.device, dtype=self.model.dtype)
+        options = {"max_new_tokens": self.max_new_tokens, "do_sample": attempt > 0}
+        if attempt > 0:
+            options["temperature"] = self.temperature
+            torch.manual_seed(self.seed + attempt)
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **options)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        return [" ".join(text.split()) for text in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def load_vlm(name: str = DEFAULT_VLM, *, device=None, dtype=None, max_new_tokens: int = 160, seed: int = 0) -> VLMCaptioner:
+    """Processor + model through transformers' generic Auto classes: bf16 (fp16 without bf16) on
+    a GPU, fp32 on CPU. Looks in the local cache first, so an offline machine fails in seconds,
+    not after minutes of download retries; HF_HUB_OFFLINE=1 skips the download attempt."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from medart_core.pipeline import Precision
+
+    model_id = resolve_vlm(name)
+    precision = Precision.choose(device, dtype)
+    is_folder = Path(model_id).is_dir()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    attempts = [True] if (is_folder or offline) else [True, False]
+    error: Exception | None = None
+    for local_only in attempts:
+        if not local_only:
+            logger.info("%s is not in the local Hugging Face cache; downloading it (set HF_HUB_OFFLINE=1 to skip)", model_id)
+        try:
+            processor = AutoProcessor.from_pretrained(model_id, local_files_only=local_only)
+            model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=precision.model_dtype,
+                                                                local_files_only=local_only)
+            break
+        except Exception as err:  # OSError, ValueError, hub errors: all mean "not loadable here"
+            error = err
+    else:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MedArtError(
+            f"cannot load the VLM {model_id!r} ({reason}). Its weights must be on this machine: download them "
+            f"while online (`hf download {model_id}`) or pass a local folder with --vlm; to describe images "
+            "without a VLM use --vlm fallback, or --fallback-on-error"
+        )
+    if getattr(processor, "chat_template", None) is None:
+        raise MedArtError(f"the processor of {model_id!r} has no chat template; use an instruction-tuned VLM")
+    model.to(precision.device).eval()
+    logger.info("VLM %s on %s in %s", model_id, precision.device, str(precision.model_dtype).replace("torch.", ""))
+    return VLMCaptioner(model, processor, source=model_id, max_new_tokens=max_new_tokens, seed=seed)
+
+
+@dataclass(frozen=True)
+class Description:
+    """A validated description; `rule` is the last validation rule that fired ("" if none)."""
+
+    text: str
+    rule: str
+    attempts: int
+
+
+def describe_batch(captioner, requests: list[CaptionRequest], rules: list[Rules], *, max_retries: int = 2) -> list[Description]:
+    """Describe a batch; descriptions that break a rule are regenerated together (told what
+    was wrong), at most `max_retries` times; what still fails is repaired (see
+    `repair_description`). Bounded: at most 1 + max_retries captioner calls."""
+    if max_retries < 0:
+        raise MedArtError(f"--max-retries must be 0 or more, got {max_retries}")
+    texts, fired = [""] * len(requests), [""] * len(requests)
+    attempts = [0] * len(requests)
+    pending = list(range(len(requests)))
+    for attempt in range(max_retries + 1):
+        if not pending:
+            break
+        outputs = captioner([requests[i] for i in pending], attempt)
+        if len(outputs) != len(pending):
+            raise RuntimeError(f"captioner returned {len(outputs)} texts for {len(pending)} images")
+        still_failing = []
+        for i, text in zip(pending, outputs):
+            texts[i], attempts[i] = " ".join(str(text).split()), attempt + 1
+            rule = check_description(texts[i], rules[i])
+            if rule is not None:
+                fired[i] = rule
+                requests[i] = replace(requests[i], hint=rules[i].hint(rule, requests[i].template.max_words))
+                still_failing.append(i)
+        pending = still_failing
+    for i in pending:
+        texts[i] = repair_description(texts[i], rules[i])
+        if check_description(texts[i], rules[i]) is not None:  # e.g. the simple caption itself parrots
+            texts[i] = rules[i].simple_caption.rstrip(" .") + "."
+    return [Description(texts[i], fired[i], attempts[i]) for i in range(len(requests))]
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    """One image of the dataset, where its row goes, and what its description starts with."""
+
+    path: Path
+    file_name: str
+    out: Path  # the metadata.jsonl this image's row is written to
+    label: str | None
+    simple_caption: str
+    modality: str
+    row: dict  # the input metadata row (other columns are kept)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return str(self.out), self.file_name
+
+
+def plan_jobs(data_dir: str | Path, *, modality: str | None, out: str | Path | None = None) -> list[CaptionJob]:
+    """Every image with its label, simple caption and template. The simple caption is the
+    metadata's `simple_caption`, else its `text` (when it holds no previous description), else
+    the template's sentence for the label; the template is the row's `modality`, else --modality."""
+    folders = dict(split_folders(data_dir))
+    if out is not None and None not in folders:
+        raise MedArtError(f"{data_dir} has split folders ({', '.join(map(str, folders))}); each gets its own "
+                          f"{METADATA_FILE}, so leave out --out")
+    jobs = []
+    for record in scan_imagefolder(data_dir):
+        row = record.row
+        row_modality = row.get("modality") or modality
+        if not row_modality:
+            raise MedArtError(f"{record.file_name}: no modality; pass --modality or add a \"modality\" column")
+        template = load_template(str(row_modality))
+        text = record.text if isinstance(record.text, str) and record.text.strip() and not row.get("source") else None
+        if row.get("simple_caption"):
+            simple_caption = str(row["simple_caption"]).strip()
+        elif text:
+            simple_caption = text.strip()
+        elif record.label:
+            simple_caption = template.simple_caption_for(record.label)
+        else:
+            raise MedArtError(f"{record.file_name}: no label; put images in class sub-folders or add a \"label\" "
+                              "or \"text\" column to the metadata")
+        target = Path(out) if out is not None else folders[record.split] / METADATA_FILE
+        jobs.append(CaptionJob(record.path, record.file_name, target, record.label or simple_caption,
+                               simple_caption, str(row_modality), row))
+    if not jobs:
+        raise MedArtError(f"no images found in {data_dir}")
+    return jobs
+
+
+def output_row(job: CaptionJob, description: Description, source: str) -> dict:
+    """The metadata.jsonl row: the fixed columns first, then the input's other columns."""
+    row = {"file_name": job.file_name, "text": description.text, "label": job.label,
+           "simple_caption": job.simple_caption, "source": source, "rule": description.rule}
+    row.update({k: v for k, v in job.row.items() if k not in row})
+    return row
+
+
+def progress_dir(out: Path) -> Path:
+    """Where finished rows of an unfinished run live: a hidden folder beside the output, which
+    imagefolder ignores."""
+    return out.parent / f".{out.name}.progress"
+
+
+def read_progress(out: Path) -> dict[str, dict]:
+    """Rows already described by an interrupted run, by file_name, from every process's log. A
+    line cut off by a crash is ignored (its image is described again)."""
+    rows: dict[str, dict] = {}
+    folder = progress_dir(out)
+    for log in sorted(folder.glob("rank-*.jsonl")) if folder.is_dir() else []:
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("ignoring an unfinished line in %s", log)
+                continue
+            rows[row["file_name"]] = row
+    return rows
+
+
+class ProgressLog:
+    """This process's append-only log of finished rows, one per output file. Each batch is
+    flushed and fsynced, so an interruption loses at most the batch in flight; a line torn by a
+    crash is cut off before appending, so it never swallows the next row."""
+
+    def __init__(self, rank: int):
+        self.rank, self.handles = rank, {}
+
+    def append(self, out: Path, rows: list[dict]) -> None:
+        if out not in self.handles:
+            folder = progress_dir(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"rank-{self.rank}.jsonl"
+            if path.is_file():
+                data = path.read_bytes()
+                if data and not data.endswith(b"\n"):
+                    with open(path, "r+b") as handle:
+                        handle.truncate(data.rfind(b"\n") + 1)
+            self.handles[out] = open(path, "a", encoding="utf-8")
+        handle = self.handles[out]
+        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
+
+
+def _already_described(jobs: list[CaptionJob]) -> dict[tuple[str, str], dict]:
+    """Rows with a description already: in an existing output file, or in an unfinished run's log."""
+    found: dict[tuple[str, str], dict] = {}
+    for out in dict.fromkeys(job.out for job in jobs):
+        if out.is_file():
+            for row in read_jsonl(out):
+                if row.get("source") and isinstance(row.get("text"), str) and row["text"].strip():
+                    found[(str(out), str(row.get("file_name")))] = row
+        for name, row in read_progress(out).items():
+            found[(str(out), name)] = row
+    wanted = {job.key for job in jobs}
+    return {key: row for key, row in found.items() if key in wanted}
+
+
+@dataclass
+class CaptionSummary:
+    """What a run did, for the CLI's last lines."""
+
+    described: int = 0
+    skipped: int = 0
+    outputs: tuple[Path, ...] = ()
+    rules: Counter | None = None
+    sources: Counter | None = None
+
+
+def caption_dataset(
+    captioner,
+    jobs: list[CaptionJob],
+    *,
+    batch_size: int = 4,
+    max_retries: int = 2,
+    count_tokens: TokenCounter = estimate_t5_tokens,
+    max_tokens: int = MAX_T5_TOKENS,
+    resume: bool = False,
+    overwrite: bool = False,
+    state=None,
+    progress: bool = True,
+) -> CaptionSummary:
+    """Describe every job and write each output metadata.jsonl (a CSV input is kept as
+    metadata.csv.orig). Resumable with `resume`: images already described are skipped. Under
+    `accelerate launch` each process takes every num_processes-th remaining image and logs its
+    rows; the main process merges them into the outputs once all are done."""
+    from tqdm.auto import tqdm
+
+    from medart_core.generation import process_state
+
+    if batch_size < 1:
+        raise MedArtError(f"--batch-size must be at least 1, got {batch_size}")
+    state = state or process_state()
+    outputs = tuple(dict.fromkeys(job.out for job in jobs))
+    if overwrite and state.is_main_process:
+        for out in outputs:
+            shutil.rmtree(progress_dir(out), ignore_errors=True)
+    state.wait_for_everyone()
+    done = {} if overwrite else _already_described(jobs)
+    state.wait_for_everyone()  # every process reads the same logs before any process appends to them
+    if done and not resume:
+        raise MedArtError(
+            f"{len(done)} of the {len(jobs)} images already have descriptions (from an earlier or interrupted run, "
+            f"in {', '.join(sorted({k[0] for k in done}))}); pass --resume to keep them and describe the rest, "
+            "or --overwrite to describe every image again"
+        )
+    todo = [job for job in jobs if job.key not in done]
+    if done:
+        logger.info("resuming: %d of %d images already described", len(done), len(jobs))
+    mine = todo[state.process_index :: state.num_processes]
+    log = ProgressLog(state.process_index)
+    rules_fired: Counter = Counter()
+    bar = tqdm(total=len(mine), desc="describing", unit="img", disable=not (progress and state.is_main_process))
+    try:
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start : start + batch_size]
+            requests = [CaptionRequest(load_rgb(job.path), job.simple_caption, job.label, load_template(job.modality))
+                        for job in batch]
+            rules = [Rules(job.simple_caption, request.template.features, count_tokens, max_tokens)
+                     for job, request in zip(batch, requests)]
+            descriptions = describe_batch(captioner, requests, rules, max_retries=max_retries)
+            rules_fired.update(d.rule for d in descriptions if d.rule)
+            by_out: dict[Path, list[dict]] = {}
+            for job, description in zip(batch, descriptions):
+                by_out.setdefault(job.out, []).append(output_row(job, description, captioner.source))
+            for out, rows in by_out.items():
+                log.append(out, rows)
+            bar.update(len(batch))
+    finally:
+        log.close()
+        bar.close()
+
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _merge(jobs, outputs)
+    state.wait_for_everyone()
+    sources = Counter()
+    for out in outputs:
+        sources.update(row.get("source") for row in read_jsonl(out))
+    return CaptionSummary(len(mine), len(done), outputs, rules_fired, sources)
+
+
+def _merge(jobs: list[CaptionJob], outputs: tuple[Path, ...]) -> None:
+    """Write each output in input order from the described rows, then drop the progress logs."""
+    described = _already_described(jobs)
+    missing = [job.file_name for job in jobs if job.key not in described]
+    if missing:
+        raise MedArtError(f"{len(missing)} images have no description (e.g. {missing[0]}); run again with --resume to finish")
+    columns = {}
+    for out in outputs:
+        rows = [described[job.key] for job in jobs if job.out == out]
+        columns[out] = {k for row in rows for k in row}
+        write_metadata_jsonl(out, rows)
+        shutil.rmtree(progress_dir(out), ignore_errors=True)
+    every = set.intersection(*columns.values())
+    for out, names in columns.items():
+        if names - every:
+            logger.warning("%s has columns the other splits lack (%s): datasets' imagefolder refuses splits whose "
+                           "columns differ; add them to the other splits' metadata", out, ", ".join(sorted(names - every)))
