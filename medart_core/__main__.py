@@ -12,6 +12,7 @@ from medart_core.errors import MedArtError
 COMMANDS = {
     "generate": "medart_core.commands.generate",
     "caption": "medart_core.commands.caption",
+    "evaluate": "medart_core.commands.evaluate",
 }
 
 

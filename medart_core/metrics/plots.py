@@ -1,0 +1,100 @@
+"""PNG figures of the report, drawn with matplotlib's Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medart_core.metrics.color import CHANNELS
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # a file backend: works on headless machines
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def color_histograms(real: dict, fake: dict, path: Path, title: str = "colour histograms") -> Path:
+    """Real vs generated histogram of each channel."""
+    plt = _pyplot()
+    bins = real["histogram"].shape[1]
+    centres = (np.arange(bins) + 0.5) / bins
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharey=True)
+    for c, (ax, name) in enumerate(zip(axes, CHANNELS)):
+        ax.plot(centres, real["histogram"][c], color=name, label=f"real (n={real['n']})")
+        ax.plot(centres, fake["histogram"][c], color=name, linestyle="--", label=f"generated (n={fake['n']})")
+        ax.set_title(f"{name}: mean {real['mean'][name]:.3f} vs {fake['mean'][name]:.3f}")
+        ax.set_xlabel("intensity (0..1)")
+    axes[0].set_ylabel("fraction of pixels")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def similarity_histograms(fake_pixel, fake_feature, path: Path, threshold: float, real_pixel=None,
+                          feature_name: str = "features") -> Path:
+    """Nearest-training-image similarity of generated (and held-out real) images, with the
+    near-copy threshold."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    bins = np.linspace(min(-0.05, float(np.min(fake_pixel)) if len(fake_pixel) else 0), 1.0, 41)
+    axes[0].hist(fake_pixel, bins=bins, alpha=0.6, label="generated", density=True)
+    if real_pixel is not None and len(real_pixel):
+        axes[0].hist(real_pixel, bins=bins, alpha=0.6, label="held-out real", density=True)
+    axes[0].axvline(threshold, color="red", linestyle="--", label=f"near-copy threshold {threshold}")
+    axes[0].set_title("nearest training image: pixel correlation")
+    axes[0].legend(fontsize=8)
+    axes[1].hist(fake_feature, bins=40, alpha=0.8, color="tab:green")
+    axes[1].set_title(f"nearest training image: cosine in {feature_name}")
+    for ax in axes:
+        ax.set_xlabel("similarity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def contact_sheet(rows: list[dict], load, path: Path, thumb: float = 1.6) -> Path:
+    """One row per pair: generated image, nearest training image in pixels, nearest in features.
+
+    `rows` hold fake / train_pixel / train_feature images as PIL images (via `load`) with their
+    similarities; flagged near-copies get a red title.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), 3, figsize=(3 * thumb + 1, len(rows) * thumb + 0.4), squeeze=False)
+    for r, row in enumerate(rows):
+        cells = [("generated" + (f" [{row['label']}]" if row.get("label") else ""), row["fake_path"]),
+                 (f"pixel r={row['pixel_similarity']:.3f}" + (f" ssim={row['ssim']:.2f}" if "ssim" in row else ""),
+                  row["train_pixel_path"]),
+                 (f"feature cos={row['feature_similarity']:.3f}", row["train_feature_path"])]
+        for c, (title, image_path) in enumerate(cells):
+            ax = axes[r][c]
+            ax.imshow(load(image_path))
+            ax.set_title(title, fontsize=7, color="red" if row["flagged"] and c < 2 else "black")
+            ax.axis("off")
+    fig.suptitle("closest generated / training pairs (red: flagged near-copy)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def bar_chart(values: dict[str, float], path: Path, title: str, ylabel: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(values) + 2), 3.2))
+    ax.bar(list(values), list(values.values()), color="tab:blue")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
