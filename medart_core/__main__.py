@@ -13,6 +13,7 @@ COMMANDS = {
     "generate": "medart_core.commands.generate",
     "caption": "medart_core.commands.caption",
     "evaluate": "medart_core.commands.evaluate",
+    "export": "medart_core.commands.export",
 }
 
 

@@ -1,0 +1,56 @@
+"""The review store's tables (SQLAlchemy Core). Changes here need a migration in migrations/versions/.
+
+images       one row per image: where it is, what it shows, and its current description
+revisions    every version of every description, never updated or deleted: text, where the text
+             came from (VLM id / fallback / human), the validation rule that fired, who and when,
+             and the status the description had after that revision
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
+
+metadata = MetaData()
+
+STATUSES = ("generated", "edited", "approved", "flagged")
+
+images = Table(
+    "images", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(1024), nullable=False, unique=True),  # "train/x.png", or "x.png" without splits
+    Column("split", String(64), nullable=False, default=""),  # "" when the dataset has no split folders
+    Column("file_name", String(1024), nullable=False),  # relative to the split folder, as in metadata.jsonl
+    Column("path", Text, nullable=False),  # absolute path of the image file on the app's machine
+    Column("content_hash", String(64), nullable=False),  # sha256 of the file's bytes
+    Column("label", String(256)),
+    Column("simple_caption", Text),
+    Column("source_file", Text),  # de-identified reference of a converted DICOM/NIfTI volume
+    Column("slice", Integer),
+    Column("extra", JSON, nullable=False, default=dict),  # the other metadata columns (e.g. modality), kept on export
+    # Denormalised from the latest revision, so lists and filters need no join; written in the
+    # same transaction as that revision, guarded by current_revision (optimistic concurrency).
+    Column("current_revision", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("source", String(256), nullable=False),
+    Column("rule", String(256), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_images_status", images.c.status)
+Index("ix_images_label", images.c.label)
+
+revisions = Table(
+    "revisions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),  # 1, 2, ... per image
+    Column("action", String(16), nullable=False),  # import, describe, edit, approve, flag, revert, rehash
+    Column("text", Text, nullable=False),
+    Column("source", String(256), nullable=False),  # VLM model id, "fallback" or "human"
+    Column("rule", String(256), nullable=False, default=""),
+    Column("author", String(256), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text, nullable=False, default=""),  # why it was flagged
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("image_id", "number", name="uq_revisions_image_number"),
+)

@@ -1,0 +1,243 @@
+"""Into and out of the review store: import an imagefolder dataset, export reviewed descriptions.
+
+The export is an imagefolder dataset (images + one metadata.jsonl per split folder, the columns
+of README "Formats"), i.e. exactly what `finetune/train.py --data` and
+`datasets.load_dataset("imagefolder", data_dir=...)` read; so a clinician's edit becomes the text
+the model is trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from medart_core.data import METADATA_FILE, SPLIT_NAMES, ImageRecord, scan_imagefolder, write_metadata_jsonl
+from medart_core.errors import MedArtError
+from medart_core.store.review import HUMAN, Entry, ReviewStore
+
+logger = logging.getLogger(__name__)
+
+BASE_COLUMNS = ("file_name", "text", "label", "simple_caption", "source", "rule")
+VOLUME_COLUMNS = ("source_file", "slice")  # only for images converted from DICOM/NIfTI
+EXPORT_MARKER = ".medart-export"
+_STORED = {"file_name", "text", "label", "simple_caption", "source", "rule", "source_file", "slice"}
+
+# describe(records) -> one (text, source, rule) per record: how images without a text get one.
+Describer = Callable[[list[ImageRecord]], list[tuple[str, str, str]]]
+
+
+def file_hash(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError as err:
+        raise MedArtError(f"image {path} not found") from err
+    return digest.hexdigest()
+
+
+def image_key(split: str | None, file_name: str) -> str:
+    return f"{split}/{file_name}" if split else file_name
+
+
+def _slice(value, where: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError) as err:
+        raise MedArtError(f"{where}: slice must be a whole number, got {value!r}") from err
+
+
+@dataclass
+class ImportSummary:
+    added: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    changed: int = 0  # image bytes differ from when it was described: flagged
+
+    def __str__(self) -> str:
+        return (f"{self.added} images added, {self.unchanged} already in the store, {self.moved} moved, "
+                f"{self.changed} changed since described (flagged)")
+
+
+def import_dataset(store: ReviewStore, root: str | Path, *, author: str, describe: Describer | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> ImportSummary:
+    """Add the images of an imagefolder dataset (metadata.jsonl or metadata.csv per split folder,
+    or class sub-folders) with their descriptions. Images already in the store keep their
+    reviewed descriptions; one whose bytes changed is flagged. Rows without a text are described
+    by `describe` (a captioner), else refused."""
+    root = Path(root).resolve()
+    records = scan_imagefolder(root)
+    if not records:
+        raise MedArtError(f"no images found in {root}")
+    known = {e.key: e for e in store.entries()}
+    summary, new, author = ImportSummary(), [], str(author)
+    for number, record in enumerate(records, start=1):
+        key = image_key(record.split, record.file_name)
+        digest = file_hash(record.path)
+        if key in known:
+            entry = known[key]
+            if entry.content_hash != digest:
+                store.rehash(key, record.path, digest, author=author)
+                summary.changed += 1
+            elif entry.path != record.path:
+                store.relocate(key, record.path)
+                summary.moved += 1
+            else:
+                summary.unchanged += 1
+        else:
+            new.append((record, key, digest))
+        if progress:
+            progress(number, len(records))
+    needs_text = [record for record, _, _ in new if not (isinstance(record.text, str) and record.text.strip())]
+    described: dict[str, tuple[str, str, str]] = {}
+    if needs_text:
+        if describe is None:
+            raise MedArtError(f"{len(needs_text)} images in {root} have no description (e.g. {needs_text[0].file_name}); "
+                              "caption them first (python -m medart_core caption) or import them with a captioner")
+        for record, result in zip(needs_text, describe(needs_text)):
+            described[str(record.path)] = result
+    rows = []
+    for record, key, digest in new:
+        row = record.row
+        if str(record.path) in described:
+            text, source, rule = described[str(record.path)]
+        else:
+            text, source, rule = record.text, row.get("source") or HUMAN, row.get("rule") or ""
+        rows.append({
+            "key": key, "split": record.split or "", "file_name": record.file_name, "path": str(record.path),
+            "content_hash": digest, "label": record.label, "simple_caption": row.get("simple_caption") or None,
+            "source_file": row.get("source_file") or None, "slice": _slice(row.get("slice"), key),
+            "extra": {k: v for k, v in row.items() if k not in _STORED},
+            "text": " ".join(str(text).split()), "source": str(source), "rule": str(rule or ""),
+        })
+    summary.added = store.add(rows, author=author)
+    return summary
+
+
+def caption_describer(captioner, *, modality: str | None = None, max_retries: int = 2) -> Describer:
+    """A Describer from a VSG captioner (a VLM or the offline FallbackCaptioner): the same
+    templates, validation and retries as `python -m medart_core caption`."""
+    from medart_core.caption_validation import Rules, estimate_t5_tokens
+    from medart_core.caption_templates import load_template
+    from medart_core.captioning import CaptionRequest, describe_batch
+    from medart_core.data import load_rgb
+
+    def describe(records: list[ImageRecord]) -> list[tuple[str, str, str]]:
+        requests, rules = [], []
+        for record in records:
+            name = record.row.get("modality") or modality
+            if not name:
+                raise MedArtError(f"{record.file_name}: no modality; choose one (it picks the description template)")
+            template = load_template(str(name))
+            simple = record.row.get("simple_caption") or (template.simple_caption_for(record.label) if record.label else "")
+            if not simple:
+                raise MedArtError(f"{record.file_name}: no label; give the images a label")
+            requests.append(CaptionRequest(load_rgb(record.path), str(simple), record.label, template))
+            rules.append(Rules(str(simple), template.features, estimate_t5_tokens))
+        results = describe_batch(captioner, requests, rules, max_retries=max_retries)
+        return [(d.text, captioner.source, d.rule) for d in results]
+
+    return describe
+
+
+@dataclass
+class ExportSummary:
+    out: Path
+    files: list[Path]
+    rows: int
+    copied: int
+
+    def __str__(self) -> str:
+        return f"{self.rows} descriptions exported to {', '.join(map(str, self.files))} ({self.copied} images copied)"
+
+
+def export_rows(entries: list[Entry]) -> dict[str, list[dict]]:
+    """metadata.jsonl rows per split, every split with the same columns (datasets refuses splits
+    whose columns differ): the fixed columns, source_file/slice when any image has them, then
+    the imported extra columns (e.g. modality)."""
+    columns = list(BASE_COLUMNS)
+    if any(e.source_file or e.slice is not None for e in entries):
+        columns += VOLUME_COLUMNS
+    columns += sorted({k for e in entries for k in e.extra} - set(columns))
+    by_split: dict[str, list[dict]] = {}
+    for e in entries:
+        values = {"file_name": e.file_name, "text": e.text, "label": e.label, "simple_caption": e.simple_caption,
+                  "source": e.source, "rule": e.rule, "source_file": e.source_file, "slice": e.slice, **e.extra}
+        by_split.setdefault(e.split, []).append({c: values.get(c) for c in columns})
+    return by_split
+
+
+def _copy_atomic(source: Path, target: Path, expected_hash: str) -> bool:
+    """Copy an image into the export (temp file + rename), checking it is still the image that
+    was described. False when the target already holds those bytes."""
+    if target.exists() and (target.resolve() == source.resolve() or file_hash(target) == expected_hash):
+        return False
+    if file_hash(source) != expected_hash:
+        raise MedArtError(f"{source} changed after it was described; import the data again (its description "
+                          "gets flagged for review), then export")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _retire_stale_splits(out: Path, splits: set[str]) -> None:
+    """A split that an earlier export wrote but this one has no rows for would keep old texts:
+    remove its metadata.jsonl when `out` is an export folder, else warn."""
+    for split in SPLIT_NAMES:
+        stale = out / split / METADATA_FILE
+        if split not in splits and stale.is_file():
+            if (out / EXPORT_MARKER).is_file():
+                stale.unlink()
+            else:
+                logger.warning("%s is not part of this export and keeps its earlier descriptions", stale)
+
+
+def export_dataset(store: ReviewStore, out: str | Path, *, approved_only: bool = True,
+                   progress: Callable[[int, int], None] | None = None) -> ExportSummary:
+    """Write an imagefolder dataset to `out`: the images (copied unless already there) and
+    `out/<split>/metadata.jsonl` per split. Each metadata file is replaced atomically and only
+    after its images are in place, so a reader (or a killed export) sees the previous complete
+    file or the new one; a metadata.csv beside it is kept as metadata.csv.orig, since
+    imagefolder refuses two metadata files."""
+    out = Path(out).resolve()
+    entries = store.entries(status="approved" if approved_only else None)
+    if not entries:
+        what = "approved descriptions" if approved_only else "images"
+        raise MedArtError(f"nothing to export: the store has no {what} yet"
+                          + ("; approve some, or export all descriptions" if approved_only else ""))
+    splits = {e.split for e in entries}
+    if "" in splits and len(splits) > 1:
+        raise MedArtError("the store mixes images with a split (train/, test/) and without; an imagefolder "
+                          "cannot hold both: export from a store with one layout")
+    copied = 0
+    for number, entry in enumerate(entries, start=1):
+        folder = out / entry.split if entry.split else out
+        copied += _copy_atomic(entry.path, folder / entry.file_name, entry.content_hash)
+        if progress:
+            progress(number, len(entries))
+    files, by_split = [], export_rows(entries)
+    _retire_stale_splits(out, set(by_split))
+    for split, rows in sorted(by_split.items()):
+        folder = out / split if split else out
+        for leftover in folder.glob(f".{METADATA_FILE}.*.tmp"):  # from an export killed mid-write
+            leftover.unlink(missing_ok=True)
+        files.append(write_metadata_jsonl(folder / METADATA_FILE, rows))
+    (out / EXPORT_MARKER).write_text("written by Med-Art's review store export\n", encoding="utf-8")
+    logger.info("exported %d descriptions to %s", len(entries), out)
+    return ExportSummary(out, files, len(entries), copied)
