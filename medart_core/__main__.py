@@ -14,6 +14,7 @@ COMMANDS = {
     "caption": "medart_core.commands.caption",
     "evaluate": "medart_core.commands.evaluate",
     "export": "medart_core.commands.export",
+    "convert": "medart_core.commands.convert",
 }
 
 

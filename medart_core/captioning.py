@@ -43,6 +43,7 @@ VLM_PRESETS = {
 }
 DEFAULT_VLM = "smolvlm-256m"
 OUTPUT_COLUMNS = ("file_name", "text", "label", "simple_caption", "source", "rule")
+UNREADABLE = "unreadable"  # progress-log key of an image skipped because it cannot be read
 
 
 def resolve_vlm(name: str) -> str:
@@ -290,7 +291,8 @@ def _already_described(jobs: list[CaptionJob]) -> dict[tuple[str, str], dict]:
                 if row.get("source") and isinstance(row.get("text"), str) and row["text"].strip():
                     found[(str(out), str(row.get("file_name")))] = row
         for name, row in read_progress(out).items():
-            found[(str(out), name)] = row
+            if UNREADABLE not in row:
+                found[(str(out), name)] = row
     wanted = {job.key for job in jobs}
     return {key: row for key, row in found.items() if key in wanted}
 
@@ -304,6 +306,7 @@ class CaptionSummary:
     outputs: tuple[Path, ...] = ()
     rules: Counter | None = None
     sources: Counter | None = None
+    unreadable: int = 0  # images that could not be read: kept in the output without a description
 
 
 def caption_dataset(
@@ -349,12 +352,24 @@ def caption_dataset(
     mine = todo[state.process_index :: state.num_processes]
     log = ProgressLog(state.process_index)
     rules_fired: Counter = Counter()
+    unreadable = 0
     bar = tqdm(total=len(mine), desc="describing", unit="img", disable=not (progress and state.is_main_process))
     try:
         for start in range(0, len(mine), batch_size):
-            batch = mine[start : start + batch_size]
-            requests = [CaptionRequest(load_rgb(job.path), job.simple_caption, job.label, load_template(job.modality))
-                        for job in batch]
+            batch, requests = [], []
+            for job in mine[start : start + batch_size]:
+                try:
+                    image = load_rgb(job.path)
+                except MedArtError as err:  # a broken image is skipped, kept in the output without a description
+                    logger.warning("skipped %s", err)
+                    log.append(job.out, [{"file_name": job.file_name, UNREADABLE: str(err)}])
+                    unreadable += 1
+                    continue
+                batch.append(job)
+                requests.append(CaptionRequest(image, job.simple_caption, job.label, load_template(job.modality)))
+            bar.update(len(mine[start : start + batch_size]) - len(batch))
+            if not batch:
+                continue
             rules = [Rules(job.simple_caption, request.template.features, count_tokens, max_tokens)
                      for job, request in zip(batch, requests)]
             descriptions = describe_batch(captioner, requests, rules, max_retries=max_retries)
@@ -376,18 +391,28 @@ def caption_dataset(
     sources = Counter()
     for out in outputs:
         sources.update(row.get("source") for row in read_jsonl(out))
-    return CaptionSummary(len(mine), len(done), outputs, rules_fired, sources)
+    return CaptionSummary(len(mine) - unreadable, len(done), outputs, rules_fired, sources, unreadable)
+
+
+def _undescribed_row(job: CaptionJob) -> dict:
+    """The row of an image that could not be read: its input columns, no description (training
+    refuses it until the image is fixed or removed; a later --resume run tries it again)."""
+    row = {"file_name": job.file_name, "text": None, "label": job.label, "simple_caption": job.simple_caption,
+           "source": None, "rule": "unreadable"}
+    row.update({k: v for k, v in job.row.items() if k not in row})
+    return row
 
 
 def _merge(jobs: list[CaptionJob], outputs: tuple[Path, ...]) -> None:
     """Write each output in input order from the described rows, then drop the progress logs."""
     described = _already_described(jobs)
-    missing = [job.file_name for job in jobs if job.key not in described]
+    unreadable = {(str(out), name) for out in outputs for name, row in read_progress(out).items() if UNREADABLE in row}
+    missing = [job.file_name for job in jobs if job.key not in described and job.key not in unreadable]
     if missing:
         raise MedArtError(f"{len(missing)} images have no description (e.g. {missing[0]}); run again with --resume to finish")
     columns = {}
     for out in outputs:
-        rows = [described[job.key] for job in jobs if job.out == out]
+        rows = [described.get(job.key) or _undescribed_row(job) for job in jobs if job.out == out]
         columns[out] = {k for row in rows for k in row}
         write_metadata_jsonl(out, rows)
         shutil.rmtree(progress_dir(out), ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +20,14 @@ from PIL import Image, ImageOps
 
 from medart_core.errors import MedArtError
 
+logger = logging.getLogger(__name__)
+
 METADATA_FILE = "metadata.jsonl"
+# A caption longer than this is no description (T5 reads 120 tokens, ~500 characters): truncated.
+MAX_CAPTION_CHARS = 2000
+# Images larger than this are refused before decoding (8192 x 8192): a small file can claim a
+# huge size (a decompression bomb) and take all memory.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -29,17 +37,26 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raise MedArtError(f"file {path} not found")
     rows = []
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MedArtError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise MedArtError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+        try:
+            lines = list(handle)
+        except UnicodeDecodeError as err:
+            raise MedArtError(_not_utf8(path, err)) from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MedArtError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise MedArtError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> str:
+    return (f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at position {err.start}); save it as "
+            "UTF-8 (e.g. a spreadsheet's \"CSV UTF-8\" format) and try again")
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> Path:
@@ -111,16 +128,60 @@ def read_metadata(folder: str | Path) -> list[dict] | None:
     if jsonl.is_file():
         return read_jsonl(jsonl)
     if csv_path.is_file():
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            return [dict(row) for row in csv.DictReader(handle)]
+        try:
+            with open(csv_path, newline="", encoding="utf-8") as handle:
+                return [dict(row) for row in csv.DictReader(handle)]
+        except UnicodeDecodeError as err:
+            raise MedArtError(_not_utf8(csv_path, err)) from None
+        except csv.Error as err:
+            raise MedArtError(f"{csv_path}: not a readable CSV file ({err})") from None
     return None
 
 
-def scan_imagefolder(root: str | Path, split: str | None = None) -> list[ImageRecord]:
+def _unsafe_name(name, folder: Path) -> str | None:
+    """Why a metadata file_name must not be opened (absolute, `..`, or a link leading outside
+    the data folder), or None when it is safe."""
+    if not isinstance(name, str) or not name.strip():
+        return "file_name missing or not text"
+    if "\x00" in name or Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in Path(name).parts \
+            or ".." in name.replace("\\", "/").split("/"):
+        return f"file_name {name!r} points outside the data folder; refused"
+    return None
+
+
+def _escapes(path: Path, root: Path) -> bool:
+    """True when `path` (through links) resolves outside `root`."""
+    try:
+        return not path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return True
+
+
+def _skip(problems: list[str] | None, message: str) -> None:
+    logger.warning("skipped %s", message)
+    if problems is not None:
+        problems.append(message)
+
+
+def _bounded_caption(text, where: str):
+    """A caption over MAX_CAPTION_CHARS cut at a word boundary, with a warning."""
+    if not isinstance(text, str) or len(text) <= MAX_CAPTION_CHARS:
+        return text
+    cut = text[:MAX_CAPTION_CHARS].rsplit(" ", 1)[0] or text[:MAX_CAPTION_CHARS]
+    logger.warning("%s: caption of %d characters truncated to %d (the limit is %d)", where, len(text), len(cut),
+                   MAX_CAPTION_CHARS)
+    return cut
+
+
+def scan_imagefolder(root: str | Path, split: str | None = None, *, problems: list[str] | None = None) -> list[ImageRecord]:
     """The images of an imagefolder dataset, with labels and texts.
 
     Labels come from the metadata's `label` column, else from the first sub-folder name (the
     imagefolder convention); `split` picks one split folder (e.g. "train") when there are several.
+    Hostile entries are skipped with a warning (also appended to `problems`) and the rest go on:
+    rows without a file_name or whose file_name leaves the data folder (absolute, `..`), and
+    links to files outside it. Captions over MAX_CAPTION_CHARS are truncated with a warning.
+    A metadata file that cannot be read as a whole (not UTF-8, malformed) is a MedArtError.
     """
     records: list[ImageRecord] = []
     for split_name, folder in split_folders(root):
@@ -130,17 +191,27 @@ def scan_imagefolder(root: str | Path, split: str | None = None) -> list[ImageRe
         if rows is not None:
             for number, row in enumerate(rows, start=1):
                 name = row.get("file_name")
-                if not name:
-                    raise MedArtError(f"{folder}: metadata row {number} has no file_name")
+                why = _unsafe_name(name, folder)
+                if why is None and _escapes(folder / name, Path(root)):
+                    why = f"{name} is a link to a file outside the data folder; refused"
+                if why is not None:
+                    _skip(problems, f"{folder}: metadata row {number}: {why}")
+                    continue
                 label = row.get("label")
+                text = _bounded_caption(row.get("text"), f"{folder / name}")
+                if text is not row.get("text"):
+                    row = {**row, "text": text}
                 records.append(ImageRecord(
                     folder / name, str(name), split_name,
-                    None if label in (None, "") else str(label), row.get("text"), row,
+                    None if label in (None, "") else str(label), text, row,
                 ))
         else:
             for path in sorted(folder.rglob("*")):
                 if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
                     relative = path.relative_to(folder)
+                    if _escapes(path, Path(root)):
+                        _skip(problems, f"{relative.as_posix()} is a link to a file outside the data folder; refused")
+                        continue
                     label = relative.parts[0] if len(relative.parts) > 1 else None
                     records.append(ImageRecord(path, relative.as_posix(), split_name, label))
     return records
@@ -150,17 +221,32 @@ def load_rgb(path: str | Path) -> Image.Image:
     """An image as 8-bit RGB, or a MedArtError saying why it cannot be read.
 
     16-bit and float greyscale images are scaled by their own range (min..max); EXIF
-    orientation is applied; transparency is composited on black.
+    orientation is applied; transparency is composited on black. Images over MAX_IMAGE_PIXELS
+    are refused before they are decoded; DICOM/NIfTI files are referred to the converter.
     """
     path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".dcm", ".dicom", ".nii", ".nii.gz")):
+        raise MedArtError(f"{path} is a DICOM/NIfTI file: convert it into de-identified PNG slices first "
+                          "(python -m medart_core convert --input FILES --out DIR)")
     try:
+        if path.stat().st_size == 0:
+            raise MedArtError(f"cannot read image {path}: the file is empty (0 bytes)")
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise MedArtError(f"image {path} is {width} x {height} pixels, over the limit of {MAX_IMAGE_PIXELS:,} "
+                                  "(a decompression bomb?); refused")
             image = ImageOps.exif_transpose(image)
             image.load()
     except FileNotFoundError as err:
         raise MedArtError(f"image {path} not found") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise MedArtError(f"cannot read image {path}: {err}") from err
+    except Image.DecompressionBombError as err:
+        raise MedArtError(f"image {path} claims an enormous size (a decompression bomb); refused: {err}") from None
+    except Image.UnidentifiedImageError:
+        raise MedArtError(f"cannot read image {path}: not an image file (or an unsupported format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise MedArtError(f"cannot read image {path}: broken or truncated ({err})") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())

@@ -11,6 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from medart_core.caption_templates import builtin_template_names
     from medart_core.caption_validation import MAX_T5_TOKENS
     from medart_core.captioning import DEFAULT_VLM, VLM_PRESETS
+    from medart_core.commands.convert import add_conversion_arguments
 
     presets = ", ".join(f"{name} ({model_id})" for name, model_id in VLM_PRESETS.items())
     parser.add_argument("--data", required=True,
@@ -42,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="output file, for a dataset without split folders (default: DIR/metadata.jsonl, replacing "
                              "a metadata.csv, which is kept as metadata.csv.orig)")
+    parser.add_argument("--convert-to", default=None, metavar="DIR",
+                        help="when --data holds DICOM/NIfTI files: the imagefolder their de-identified PNG slices are "
+                             "converted into and described in, as `python -m medart_core convert` does "
+                             "(default: DATA-converted beside DATA)")
+    add_conversion_arguments(parser)
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
                        help="keep existing descriptions (an interrupted run's, or the output's) and describe only the rest "
@@ -61,7 +67,8 @@ def run(args: argparse.Namespace) -> None:
     for name in ("batch_size", "max_new_tokens", "max_tokens"):
         if getattr(args, name) < 1:
             raise MedArtError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    jobs = plan_jobs(args.data, modality=args.modality, out=args.out)  # bad data fails before a model loads
+    data = converted_data(args)
+    jobs = plan_jobs(data, modality=args.modality, out=args.out)  # bad data fails before a model loads
     count_tokens, counting = load_token_counter(args.tokenizer)
     state = process_state()
     device = args.device if (args.device and state.num_processes == 1) else state.device
@@ -80,7 +87,30 @@ def run(args: argparse.Namespace) -> None:
                               overwrite=args.overwrite, state=state)
     if state.is_main_process:
         rules = ", ".join(f"{rule} {n}" for rule, n in summary.rules.most_common()) or "none"
-        print(f"{summary.described + summary.skipped if state.num_processes == 1 else len(jobs)} images: "
-              f"{summary.skipped} kept from before, the rest described by {captioner.source} ({counting}); rules fired: {rules}")
+        unreadable = f"; {summary.unreadable} unreadable, skipped (kept without a description)" if summary.unreadable else ""
+        print(f"{summary.described + summary.skipped + summary.unreadable if state.num_processes == 1 else len(jobs)} images: "
+              f"{summary.skipped} kept from before, the rest described by {captioner.source} ({counting}); rules fired: "
+              f"{rules}{unreadable}")
         for out in summary.outputs:
             print(out)
+
+
+def converted_data(args: argparse.Namespace) -> str:
+    """The folder to describe: --data itself, or, when it holds DICOM/NIfTI files, the imagefolder
+    they are converted into (the same conversion as the convert command)."""
+    from pathlib import Path
+
+    from medart_core.commands.convert import conversion_options
+    from medart_core.data import IMAGE_EXTENSIONS, METADATA_CSV, METADATA_FILE
+    from medart_core.errors import MedArtError
+    from medart_core.medical_io import convert_to_imagefolder, is_medical_file
+
+    data = Path(args.data)
+    if not data.is_dir() or not any(is_medical_file(p) for p in data.rglob("*")):
+        return args.data
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS or p.name in (METADATA_FILE, METADATA_CSV) for p in data.rglob("*")):
+        raise MedArtError(f"{data} mixes images (or metadata) with DICOM/NIfTI files; convert those first with "
+                          f"`python -m medart_core convert --input {data} --out NEW_DIR` and describe NEW_DIR")
+    out = Path(args.convert_to) if args.convert_to else data.resolve().parent / f"{data.resolve().name}-converted"
+    print(convert_to_imagefolder([data], out, options=conversion_options(args)))
+    return str(out)

@@ -13,11 +13,11 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from medart_core.data import METADATA_FILE, SPLIT_NAMES, ImageRecord, scan_imagefolder, write_metadata_jsonl
+from medart_core.data import METADATA_FILE, SPLIT_NAMES, ImageRecord, load_rgb, scan_imagefolder, write_metadata_jsonl
 from medart_core.errors import MedArtError
 from medart_core.store.review import HUMAN, Entry, ReviewStore
 
@@ -62,10 +62,12 @@ class ImportSummary:
     unchanged: int = 0
     moved: int = 0
     changed: int = 0  # image bytes differ from when it was described: flagged
+    skipped: list[str] = field(default_factory=list)  # one message per unusable image or metadata row
 
     def __str__(self) -> str:
+        skipped = f", {len(self.skipped)} skipped (unreadable or unsafe)" if self.skipped else ""
         return (f"{self.added} images added, {self.unchanged} already in the store, {self.moved} moved, "
-                f"{self.changed} changed since described (flagged)")
+                f"{self.changed} changed since described (flagged){skipped}")
 
 
 def import_dataset(store: ReviewStore, root: str | Path, *, author: str, describe: Describer | None = None,
@@ -73,16 +75,26 @@ def import_dataset(store: ReviewStore, root: str | Path, *, author: str, describ
     """Add the images of an imagefolder dataset (metadata.jsonl or metadata.csv per split folder,
     or class sub-folders) with their descriptions. Images already in the store keep their
     reviewed descriptions; one whose bytes changed is flagged. Rows without a text are described
-    by `describe` (a captioner), else refused."""
+    by `describe` (a captioner), else refused. Unusable images (unreadable, missing, or leaving
+    the data folder) are skipped with one message each in `summary.skipped`; the rest go on and
+    nothing already in the store changes for them."""
     root = Path(root).resolve()
-    records = scan_imagefolder(root)
+    summary = ImportSummary()
+    records = scan_imagefolder(root, problems=summary.skipped)
     if not records:
-        raise MedArtError(f"no images found in {root}")
+        raise MedArtError(f"no images found in {root}" + (f" ({summary.skipped[0]})" if summary.skipped else ""))
     known = {e.key: e for e in store.entries()}
-    summary, new, author = ImportSummary(), [], str(author)
+    new, author = [], str(author)
     for number, record in enumerate(records, start=1):
         key = image_key(record.split, record.file_name)
-        digest = file_hash(record.path)
+        try:
+            digest = file_hash(record.path)
+            if key not in known or known[key].content_hash != digest:
+                load_rgb(record.path)  # only readable images enter the store (the reviewer must see them)
+        except MedArtError as err:
+            logger.warning("skipped %s", err)
+            summary.skipped.append(str(err))
+            continue
         if key in known:
             entry = known[key]
             if entry.content_hash != digest:
@@ -99,6 +111,8 @@ def import_dataset(store: ReviewStore, root: str | Path, *, author: str, describ
             progress(number, len(records))
     needs_text = [record for record, _, _ in new if not (isinstance(record.text, str) and record.text.strip())]
     described: dict[str, tuple[str, str, str]] = {}
+    if not new and not (summary.unchanged or summary.moved or summary.changed):
+        raise MedArtError(f"none of the {len(records)} images in {root} can be used: {summary.skipped[-1]}")
     if needs_text:
         if describe is None:
             raise MedArtError(f"{len(needs_text)} images in {root} have no description (e.g. {needs_text[0].file_name}); "
