@@ -151,12 +151,12 @@ class Generator:
         with self._lock:
             if self._model is None:
                 self._model = load_pipeline(self.model_name, lora=self.lora)
-            callback = None
-            if progress is not None:
-                def callback(i, t, latents):
+            def report_step(i, t, latents):
+                if progress is not None:
                     progress((i + 1, int(steps)), desc="sampling")
+
             return generate_images(self._model, prompts, seeds, GenerationSettings(steps=int(steps), guidance=float(guidance)),
-                                   step_callback=callback)
+                                   step_callback=report_step)
 
     def record(self, prompt: str, label: str | None, seed: int, steps: int, guidance: float, file_name: str) -> dict:
         """The metadata (and PNG text chunks) of one generated image, as the generate CLI writes them."""

@@ -16,8 +16,6 @@ regions (left three quarters / right quarter; left / right of a gap for the fund
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import plistlib
 import shutil
 import tarfile

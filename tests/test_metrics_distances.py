@@ -12,7 +12,7 @@ from medart_core.errors import MedArtError
 from medart_core.metrics import color as colour
 from medart_core.metrics.distances import (LibraryFidKid, bootstrap_interval, frechet_distance, frechet_distance_lowrank,
                                            kernel_inception_distance, load_inception, sample_size_warnings)
-from medart_core.metrics.features import efficientnet_lite0_features, extract, pixel_features
+from medart_core.metrics.features import efficientnet_lite0_features, extract
 from medart_core.metrics.sets import load_set
 from metrics_images import blur, colour_shift, patches, write_imagefolder
 

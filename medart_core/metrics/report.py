@@ -324,7 +324,6 @@ def _memorization_section(ctx) -> None:
 
 def _ssim(path_a: str, path_b: str, size: int = 64) -> float:
     """Structural similarity of two images at size x size (torchmetrics), a perceptual check of a pair."""
-    import torch
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     from medart_core.data import load_rgb
