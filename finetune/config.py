@@ -46,6 +46,12 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 turns clipping off)")
     mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else no), no, bf16 or fp16")
     gradient_checkpointing: bool = option(False, "recompute transformer blocks in the backward pass (less memory)")
+    text_encoder_quantization: str = option("none", "load the frozen T5 in 8bit or 4bit through bitsandbytes, or none")
+    # caching (medart_core.cache): T5 and the VAE encoder run once per dataset, not every step
+    cache: bool = option(True, "train from cached VAE latents (with center_crop) and T5 embeddings (with T5 frozen)")
+    cache_text_embeddings: bool | None = option(None, "cache T5 embeddings (default: when `cache` is on and T5 "
+                                                      "is frozen; refused with train_text_encoder_lora)")
+    cache_dir: str | None = option(None, "cache folder (default: DATA/.medart-cache)")
     # LoRA
     lora_rank: int = option(16, "LoRA rank of the transformer adapter")
     lora_alpha: float | None = option(None, "LoRA alpha (default: the rank, i.e. scale 1)")
@@ -73,6 +79,17 @@ class TrainConfig:
     logging_steps: int = option(1, "log losses every N optimizer steps")
 
     @property
+    def caches_latents(self) -> bool:
+        """A random crop cached once would be one crop forever, so latents are cached with center crops only."""
+        return self.cache and self.center_crop
+
+    @property
+    def caches_text(self) -> bool:
+        if self.cache_text_embeddings is not None:
+            return self.cache_text_embeddings
+        return self.cache and not self.train_text_encoder_lora
+
+    @property
     def colour_weight(self) -> float:
         return self.hldf_weight if self.hldf_weight is not None else 1.0 / max(self.hldf_steps, 1)
 
@@ -88,6 +105,16 @@ class TrainConfig:
             raise MedArtError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise MedArtError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.cache_text_embeddings and self.train_text_encoder_lora:
+            raise MedArtError(
+                "cache_text_embeddings cannot be true while train_text_encoder_lora is on: the T5 LoRA changes "
+                "the embeddings every step, so cached ones would be stale; set cache_text_embeddings false "
+                "(VAE latents are still cached)")
+        if self.text_encoder_quantization not in ("none", "8bit", "4bit"):
+            raise MedArtError(f"text_encoder_quantization must be none, 8bit or 4bit, got {self.text_encoder_quantization!r}")
+        if self.text_encoder_quantization != "none" and self.train_text_encoder_lora:
+            raise MedArtError("a quantised T5 is for frozen-T5 training; set text_encoder_quantization none to "
+                              "train a T5 LoRA, or train_text_encoder_lora false")
         if self.optimizer not in ("adamw8bit", "adamw"):
             raise MedArtError(f"optimizer must be adamw8bit or adamw, got {self.optimizer!r}")
 
@@ -117,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="LoRA + HLDF fine-tuning of PixArt-alpha. Run with `accelerate launch finetune/train.py "
                     "--config CONFIG.yaml [--key value ...]`: options override the config file.")
     parser.add_argument("--config", help="YAML file with any of the keys below")
+    parser.add_argument("--plan", nargs="?", const="auto", choices=["auto", "cpu", "cuda"],
+                        help="print the estimated memory of this config on this machine's device (or on cpu / "
+                             "cuda) without loading weights, and exit")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind, nargs = _option_type(hints[f.name])
@@ -130,6 +160,7 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
     """Defaults < YAML file < command-line options."""
     args = vars(build_parser().parse_args(argv))
     values: dict = {}
+    args.pop("plan", None)  # finetune/train.py acts on it
     config_file = args.pop("config", None)
     if config_file:
         path = Path(config_file)

@@ -12,13 +12,16 @@ medart_core, the same code the generation CLI and the app run.
 Gradients of the (small) LoRA weights are averaged across processes by one all-reduce per step
 instead of wrapping the transformer in DistributedDataParallel, which cannot follow the many
 transformer calls of an HLDF sample before one backward pass.
+
+With `cache: true` (the default) T5 and the VAE encoder run once per dataset, not every step: the
+loop reads cached latent distributions and prompt embeddings (medart_core.cache). `--plan`
+prints the estimated memory of a config and exits, without loading any weights (finetune/plan.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -38,11 +41,13 @@ from finetune.config import TrainConfig, load_config
 from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images, process_state
 from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS, add_lora, lora_config
-from medart_core.losses import color_distribution_loss, noise_prediction_loss
-from medart_core.pipeline import (TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths, LoadedModel, Precision,
-                                  PromptEncoder, load_pipeline)
+from medart_core.cache import DEFAULT_CACHE_FOLDER, EmbeddingStore, text_cache_key
+from medart_core.losses import channel_statistics, color_distribution_loss_to_statistics, noise_prediction_loss
+from medart_core.pipeline import (MAX_PROMPT_TOKENS, TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths,
+                                  LoadedModel, Precision, PromptEncoder, load_pipeline)
 from medart_core.sampling import TextConditioning, decode_latents, dpm_solver_sample, micro_conditions, predict_noise
-from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampler
+from medart_core.training_data import (ImageCaptionDataset, ResumableShuffleSampler, cache_latents,
+                                       cached_colour_statistics, sample_cached_latents)
 
 logger = logging.getLogger("medart.train")
 STATE_FILE = "training_state.pt"
@@ -66,7 +71,8 @@ def training_precision(device: torch.device, mixed_precision: str) -> Precision:
 
 def build_models(config: TrainConfig, precision: Precision):
     """PixArt-alpha with a trainable LoRA on the transformer (and optionally on T5); all else frozen."""
-    loaded = load_pipeline(config.model, precision=precision, prompt_cache_size=0)
+    loaded = load_pipeline(config.model, precision=precision, prompt_cache_size=0,
+                           text_encoder_quantization=config.text_encoder_quantization)
     pipe = loaded.pipe
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
@@ -111,23 +117,34 @@ def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
 
 def encode_text(prompts: PromptEncoder, texts: list[str], trainable: bool, dtype) -> TextConditioning:
     text = prompts.encode_trainable(texts) if trainable else prompts(texts)
-    return text.to(dtype=dtype)
+    return text.to(prompts.pipe.transformer.device, dtype)
 
 
 def noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator):
-    """The usual latent diffusion loss on a real batch (with flips and caption dropout)."""
+    """The usual latent diffusion loss on a real batch (with flips and caption dropout). Returns the
+    loss and the real batch's per-channel colour mean and std in [0, 1], for HLDF.
+
+    A batch holds pixels, or cached latent distributions (see medart_core.training_data): both
+    draw the same random numbers in the same order, so they give the same loss."""
     pipe = models.pipe
     device, dtype = accelerator.device, pipe.transformer.dtype
-    pixels = batch["pixels"].to(device)
+    size = len(batch["text"])
+    flip = torch.zeros(size, dtype=torch.bool)
     if config.random_flip:
-        flip = torch.rand(len(pixels), generator=generator) < 0.5
-        pixels = torch.where(flip.to(device)[:, None, None, None], pixels.flip(-1), pixels)
-    dropped = torch.rand(len(pixels), generator=generator) < config.caption_dropout
+        flip = torch.rand(size, generator=generator) < 0.5
+    dropped = torch.rand(size, generator=generator) < config.caption_dropout
     texts = ["" if drop else text for drop, text in zip(dropped.tolist(), batch["text"])]
     text = encode_text(models.prompts, texts, config.train_text_encoder_lora, dtype)
-    with torch.no_grad():
-        latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.sample(generator=generator)
-        latents = (latents * pipe.vae.config.scaling_factor).to(dtype)
+    if "latent_mean" in batch:
+        latents = sample_cached_latents(batch, flip, generator, device)
+        real_colour = cached_colour_statistics(batch, config.resolution)
+    else:
+        pixels = batch["pixels"].to(device)
+        pixels = torch.where(flip.to(device)[:, None, None, None], pixels.flip(-1), pixels)
+        with torch.no_grad():
+            latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.sample(generator=generator)
+        real_colour = channel_statistics(pixels.float() / 2 + 0.5)
+    latents = (latents * pipe.vae.config.scaling_factor).to(dtype)
     noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps.to(device))
@@ -135,12 +152,13 @@ def noise_prediction_step(models, batch, config, generator, noise_scheduler, acc
                              device=device, dtype=dtype)
     with accelerator.autocast():
         predicted = predict_noise(pipe.transformer, noisy, timesteps.to(device), text, added)
-    return noise_prediction_loss(predicted, noise), pixels
+    return noise_prediction_loss(predicted, noise), real_colour
 
 
-def hldf_colour_step(models, real_pixels, texts, config, generator, accelerator):
+def hldf_colour_step(models, real_colour, texts, config, generator, accelerator):
     """HLDF: sample one image per real image through DPM-Solver++ with gradients, decode it to
-    pixels and compare its per-channel colour statistics with the real batch."""
+    pixels and compare its per-channel colour statistics with the real batch's (`real_colour`:
+    per-channel mean and std in [0, 1], as noise_prediction_step returns them)."""
     pipe = models.pipe
     device, dtype = accelerator.device, pipe.transformer.dtype
     text = encode_text(models.prompts, texts, config.train_text_encoder_lora, dtype)
@@ -156,7 +174,30 @@ def hldf_colour_step(models, real_pixels, texts, config, generator, accelerator)
             grad_last_k=config.hldf_grad_last_k, gradient_checkpointing=config.hldf_checkpointing,
         )
         generated = decode_latents(pipe.vae, latents)
-    return color_distribution_loss(generated.float() / 2 + 0.5, real_pixels.float() / 2 + 0.5)
+    return color_distribution_loss_to_statistics(generated.float() / 2 + 0.5, *real_colour)
+
+
+def prepare_cached_inputs(models, images, prompts, config, accelerator):
+    """The dataset to train on and the prompt encoder: cached latents (center crops) and cached T5
+    embeddings (T5 frozen) where the config allows, built by the main process first."""
+    pipe = models.pipe
+    cache_dir = Path(config.cache_dir or Path(config.data) / DEFAULT_CACHE_FOLDER)
+    dataset, store = images, None
+    with accelerator.main_process_first():
+        if config.caches_latents:
+            dataset = cache_latents(images, pipe.vae, cache_dir, config.model, batch_size=config.train_batch_size)
+        elif config.cache:
+            logger.info("latents are not cached with random crops (center_crop false): the VAE runs every step")
+        if config.caches_text:
+            store = EmbeddingStore(cache_dir, text_cache_key(pipe, config.model, max_tokens=MAX_PROMPT_TOKENS,
+                                                             clean_caption=True,
+                                                             quantization=config.text_encoder_quantization))
+            PromptEncoder(pipe, store=store).precompute(prompts)
+    encoder = PromptEncoder(pipe, max_entries=len(prompts), store=store)
+    if store is not None and pipe.text_encoder.device.type == "cuda" and config.text_encoder_quantization == "none":
+        pipe.text_encoder.to("cpu")  # every prompt the run needs is cached: free T5's GPU memory
+        torch.cuda.empty_cache()
+    return dataset, encoder
 
 
 def average_gradients(parameters: list[torch.Tensor], accelerator: Accelerator) -> None:
@@ -286,12 +327,29 @@ Use: `python -m medart_core generate --model {config.model} --lora {output_dir} 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        train(load_config(argv))
+        config = load_config(argv)
+        if any(a == "--plan" or a.startswith("--plan=") for a in argv):
+            from finetune.plan import memory_plan
+
+            print(memory_plan(config, device=plan_device(argv)).report())
+            return 0
+        train(config)
     except MedArtError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def plan_device(argv: list[str]) -> str:
+    """`--plan` alone: this machine's device; `--plan cuda` or `--plan cpu`: that one."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--plan="):
+            return arg.split("=", 1)[1]
+        if arg == "--plan" and i + 1 < len(argv) and argv[i + 1] in ("cpu", "cuda"):
+            return argv[i + 1]
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def train(config: TrainConfig) -> Path:
@@ -317,10 +375,12 @@ def train(config: TrainConfig) -> Path:
     if text_encoder_lora is not None:
         trainable += [p for p in pipe.text_encoder.parameters() if p.requires_grad]
 
-    # data
-    dataset = ImageCaptionDataset(config.data, config.resolution, center_crop=config.center_crop)
-    unique_captions = {r.text.strip() for r in dataset.records}
-    models.prompts = PromptEncoder(pipe, max_entries=len(unique_captions) + 2)  # every caption + ""
+    # data: latents and T5 embeddings computed once per dataset where they can be
+    images = ImageCaptionDataset(config.data, config.resolution, center_crop=config.center_crop)
+    validation_prompts = config.validation_prompts or list(dict.fromkeys(r.text.strip() for r in images.records))[:4]
+    validation_seeds = config.validation_seeds or list(range(len(validation_prompts)))
+    prompts = list(dict.fromkeys([r.text.strip() for r in images.records] + ["", *validation_prompts]))
+    dataset, models.prompts = prepare_cached_inputs(models, images, prompts, config, accelerator)
 
     # optimizer and schedule
     optimizer = accelerator.prepare_optimizer(make_optimizer(trainable, config, accelerator.device))
@@ -342,8 +402,6 @@ def train(config: TrainConfig) -> Path:
     batches = iter(DataLoader(dataset, batch_size=config.train_batch_size, sampler=sampler,
                               num_workers=config.dataloader_num_workers, drop_last=True))
 
-    validation_prompts = config.validation_prompts or list(dict.fromkeys(r.text.strip() for r in dataset.records))[:4]
-    validation_seeds = config.validation_seeds or list(range(len(validation_prompts)))
     accelerator.init_trackers("medart-finetune", config={k: str(v) for k, v in vars(config).items()})
     log_file = output_dir / "train_log.jsonl"
     progress = tqdm(total=config.max_train_steps, initial=global_step, desc="training", disable=not is_main)
@@ -359,11 +417,11 @@ def train(config: TrainConfig) -> Path:
             batch = next(batches)
             generator = step_generator(config.seed, micro_step, rank)
             micro_step += 1
-            loss, real_pixels = noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator)
+            loss, real_colour = noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator)
             logs["loss/mse"] += loss.item() / config.gradient_accumulation_steps
             last_micro_batch = accumulation == config.gradient_accumulation_steps - 1
             if hldf_now and last_micro_batch:  # once per optimizer step, never per micro-batch
-                colour = hldf_colour_step(models, real_pixels, batch["text"], config, generator, accelerator)
+                colour = hldf_colour_step(models, real_colour, batch["text"], config, generator, accelerator)
                 logs["loss/color"] = colour.item()
                 loss = loss + config.colour_weight * colour
             if not torch.isfinite(loss):

@@ -17,15 +17,37 @@ def channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return flat.mean(dim=1), flat.std(dim=1)
 
 
-def color_distribution_loss(generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """HLDF's colour loss: squared differences of per-channel mean and std between the generated
-    and the real batch, summed over channels (the paper sums over R, G, B).
+def image_channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel mean and std, (B, C) each: what the training cache keeps of a real
+    image, so HLDF needs no pixels."""
+    flat = images.float().reshape(images.shape[0], images.shape[1], -1)
+    return flat.mean(dim=2), flat.std(dim=2)
 
-    Both batches are (B, C, H, W) in the same range (Med-Art uses [0, 1]); they may differ in
-    batch size and resolution, since only their colour distributions are compared.
-    """
+
+def pool_channel_statistics(means: torch.Tensor, stds: torch.Tensor, pixels_per_image: int):
+    """Batch statistics from per-image ones (B, C) of equal-sized images: the same numbers
+    `channel_statistics` gives on the stacked images (unbiased std over all B*H*W pixels)."""
+    n, total = pixels_per_image, pixels_per_image * means.shape[0]
+    mean = means.float().mean(dim=0)
+    sum_squares = ((n - 1) * stds.float() ** 2 + n * means.float() ** 2).sum(dim=0)
+    variance = (sum_squares - total * mean ** 2) / (total - 1)
+    return mean, variance.clamp_min(0).sqrt()
+
+
+def color_distribution_loss_to_statistics(generated: torch.Tensor, real_mean: torch.Tensor,
+                                          real_std: torch.Tensor) -> torch.Tensor:
+    """HLDF's colour loss against the real batch's per-channel mean and std: squared differences
+    of mean and std, summed over channels (the paper sums over R, G, B)."""
+    if generated.shape[1] != real_mean.shape[0]:
+        raise ValueError(f"channel counts differ: {generated.shape[1]} generated vs {real_mean.shape[0]} real")
+    gen_mean, gen_std = channel_statistics(generated)
+    return ((gen_mean - real_mean.to(gen_mean)) ** 2 + (gen_std - real_std.to(gen_std)) ** 2).sum()
+
+
+def color_distribution_loss(generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """HLDF's colour loss between a generated and a real batch of (B, C, H, W) images in the same
+    range (Med-Art uses [0, 1]); they may differ in batch size and resolution, since only their
+    colour distributions are compared."""
     if generated.shape[1] != real.shape[1]:
         raise ValueError(f"channel counts differ: {generated.shape[1]} generated vs {real.shape[1]} real")
-    gen_mean, gen_std = channel_statistics(generated)
-    real_mean, real_std = channel_statistics(real)
-    return ((gen_mean - real_mean) ** 2 + (gen_std - real_std) ** 2).sum()
+    return color_distribution_loss_to_statistics(generated, *channel_statistics(real))

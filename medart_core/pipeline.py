@@ -34,6 +34,9 @@ class Precision:
     model_dtype: torch.dtype  # transformer and VAE
     text_encoder_dtype: torch.dtype
 
+    def __post_init__(self):
+        check_text_encoder_dtype(self.text_encoder_dtype)
+
     @classmethod
     def choose(cls, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "Precision":
         """fp32 on CPU; bf16 on a GPU that has it, else fp16 for the transformer/VAE and fp32 for T5."""
@@ -65,6 +68,68 @@ def check_text_encoder_dtype(dtype: torch.dtype) -> None:
             "the T5 text encoder must run in bf16 or fp32, not fp16 (T5 overflows in fp16 and "
             "PixArt-alpha's images turn to noise); use bf16 on GPUs that support it, else fp32"
         )
+
+
+def check_loaded_text_encoder(text_encoder) -> None:
+    """After loading: no floating-point T5 weight may be fp16 (a checkpoint saved in fp16, or a
+    quantised load left at transformers' fp16 default, would slip past the requested dtype)."""
+    dtypes = {p.dtype for p in text_encoder.parameters() if p.is_floating_point()}
+    if torch.float16 in dtypes:
+        check_text_encoder_dtype(torch.float16)
+
+
+TEXT_ENCODER_QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
+def text_encoder_quantization_config(quantization: str, device: torch.device, compute_dtype: torch.dtype):
+    """transformers' BitsAndBytesConfig for T5, or None; refuses devices bitsandbytes cannot run on."""
+    if quantization not in TEXT_ENCODER_QUANTIZATIONS:
+        raise MedArtError(f"text_encoder_quantization must be one of {', '.join(TEXT_ENCODER_QUANTIZATIONS)}, "
+                          f"got {quantization!r}")
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as err:
+        raise MedArtError(f"{quantization} T5 needs bitsandbytes (pip install bitsandbytes): {err}") from err
+    if device.type not in ("cuda", "cpu", "xpu"):
+        raise MedArtError(f"bitsandbytes cannot run a {quantization} T5 on {device.type}; use "
+                          "text_encoder_quantization none on this device (or a CUDA GPU or the CPU)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MedArtError("a quantised T5 on cuda was asked for, but no CUDA GPU is available")
+    if quantization == "8bit":
+        # T5's `wo` stays unquantised (transformers' _keep_in_fp32_modules), which keeps T5 from overflowing
+        # in the int8 matmuls' fp16 inputs.
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_quantized_text_encoder(source: str, quantization: str, precision: "Precision"):
+    """T5EncoderModel with 8-bit or 4-bit linears (bitsandbytes), placed on the target device."""
+    from transformers import T5EncoderModel
+
+    config = text_encoder_quantization_config(quantization, precision.device, precision.text_encoder_dtype)
+    device_map = {"": precision.device.index or 0} if precision.device.type == "cuda" else {"": str(precision.device)}
+    try:
+        # the dtype must be explicit: left out, transformers loads a quantised model's other weights in fp16
+        return T5EncoderModel.from_pretrained(source, subfolder="text_encoder", quantization_config=config,
+                                              dtype=precision.text_encoder_dtype, device_map=device_map)
+    except (RuntimeError, ValueError, ImportError) as err:
+        raise MedArtError(f"cannot load T5 in {quantization} on {precision.device} with bitsandbytes "
+                          f"({type(err).__name__}: {err}); use text_encoder_quantization none") from err
+
+
+def check_quantized_text_encoder_runs(pipe, quantization: str, device: torch.device) -> None:
+    """One tiny T5 call right after loading: some bitsandbytes kernels load fine on a device and
+    fail only at the first matmul (e.g. 4-bit on CPU with layers narrower than a quantisation block)."""
+    ids = torch.ones((1, 2), dtype=torch.long, device=pipe.text_encoder.device)
+    try:
+        with torch.no_grad():
+            pipe.text_encoder(ids)
+    except (RuntimeError, NotImplementedError) as err:
+        raise MedArtError(f"bitsandbytes loaded T5 in {quantization} but cannot run it on {device} "
+                          f"({type(err).__name__}: {err}); use text_encoder_quantization none") from err
 
 
 @dataclass(frozen=True)
@@ -137,20 +202,32 @@ def load_pipeline(
     text_encoder_lora: str | os.PathLike | None = None,
     precision: Precision | None = None,
     prompt_cache_size: int = 256,
+    text_encoder_quantization: str = "none",
+    embedding_cache: str | os.PathLike | None = None,
 ) -> LoadedModel:
-    """PixArt-alpha from a hub id or a local folder, with its adapters, in eval mode."""
+    """PixArt-alpha from a hub id or a local folder, with its adapters, in eval mode.
+
+    text_encoder_quantization: "8bit" or "4bit" loads T5 through bitsandbytes (about 60% or 45%
+        of T5-XXL's bf16 memory: its `wo` layers stay unquantised); "none" loads it as before.
+    embedding_cache: a folder where prompt embeddings persist across runs (see PromptEncoder).
+    """
     from diffusers import PixArtAlphaPipeline
 
     precision = precision or Precision.choose()
     check_text_encoder_dtype(precision.text_encoder_dtype)
+    text_encoder_quantization_config(text_encoder_quantization, precision.device, precision.text_encoder_dtype)
     adapters = find_adapters(lora, text_encoder_lora)  # fail on a bad adapter before a long load
     source = Path(model).expanduser()
     looks_local = source.is_absolute() or str(model).startswith((".", "~")) or source.exists()
     if looks_local and not (source / "model_index.json").is_file():
         raise MedArtError(f"model folder {source} not found or not a diffusers pipeline (no model_index.json in it)")
     dtypes = {"text_encoder": precision.text_encoder_dtype, "default": precision.model_dtype}
+    where = str(source) if looks_local else str(model)
+    components = {}
+    if text_encoder_quantization != "none":
+        components["text_encoder"] = load_quantized_text_encoder(where, text_encoder_quantization, precision)
     try:
-        pipe = PixArtAlphaPipeline.from_pretrained(str(source) if looks_local else str(model), dtype=dtypes)
+        pipe = PixArtAlphaPipeline.from_pretrained(where, dtype=dtypes, **components)
     except (OSError, ValueError) as err:
         raise MedArtError(
             f"cannot load model {str(model)!r}: it is neither a local diffusers folder nor a model "
@@ -160,11 +237,21 @@ def load_pipeline(
         attach_adapter(pipe.transformer, adapters.transformer)
     if adapters.text_encoder:
         attach_adapter(pipe.text_encoder, adapters.text_encoder)
-    pipe.to(precision.device)
+    check_loaded_text_encoder(pipe.text_encoder)
+    if text_encoder_quantization != "none":
+        check_quantized_text_encoder_runs(pipe, text_encoder_quantization, precision.device)
+    pipe.to(precision.device)  # diffusers leaves a bitsandbytes T5 where it was loaded
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.eval()  # T5 dropout would make a seed non-deterministic
     pipe.set_progress_bar_config(disable=True)
-    encoder = PromptEncoder(pipe, max_entries=prompt_cache_size)
+    store = None
+    if embedding_cache is not None:
+        from medart_core.cache import EmbeddingStore, text_cache_key
+
+        key = text_cache_key(pipe, str(model), max_tokens=MAX_PROMPT_TOKENS, clean_caption=True,
+                             adapters=str(adapters.text_encoder or ""), quantization=text_encoder_quantization)
+        store = EmbeddingStore(embedding_cache, key)
+    encoder = PromptEncoder(pipe, max_entries=prompt_cache_size, store=store)
     return LoadedModel(pipe, str(model), adapters, precision, encoder)
 
 
@@ -177,17 +264,32 @@ class PromptEncoder:
     """T5 prompt embeddings with an LRU cache: T5-XXL is the expensive part of a request, and
     apps and dataset generation repeat the same prompts (and always the empty negative prompt).
 
-    The cache must be cleared (`clear()`) when the text encoder's weights change.
+    With a `store` (medart_core.cache.EmbeddingStore) embeddings also persist on disk, so later
+    runs and training skip T5 for prompts seen before. The in-memory cache must be cleared
+    (`clear()`) when the text encoder's weights change; the store is keyed by those weights.
     """
 
     def __init__(self, pipe, *, max_entries: int = 256, clean_caption: bool = True,
-                 max_tokens: int = MAX_PROMPT_TOKENS):
+                 max_tokens: int = MAX_PROMPT_TOKENS, store=None):
         self.pipe = pipe
         self.max_entries = max_entries
         self.clean_caption = clean_caption
         self.max_tokens = max_tokens
+        self.store = store
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.t5_calls = 0
+
+    def precompute(self, prompts: list[str], batch_size: int = 16) -> None:
+        """Encode every prompt not yet in the store (training's captions, once per dataset)."""
+        if self.store is None:
+            raise ValueError("precompute needs a persistent store")
+        missing = [p for p in dict.fromkeys(prompts) if self.store.get(p) is None]
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start: start + batch_size]
+            self.warn_if_truncated([p for p in chunk if p])
+            with torch.no_grad():
+                embeds, mask = self._encode_uncached(chunk)
+            self.store.add(chunk, embeds, mask)
 
     def clear(self) -> None:
         self._cache.clear()
@@ -206,6 +308,7 @@ class PromptEncoder:
         return TextConditioning(*self._encode_uncached(list(prompts)))
 
     def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.t5_calls += 1
         embeds, mask, _, _ = self.pipe.encode_prompt(
             prompts,
             do_classifier_free_guidance=False,
@@ -225,12 +328,21 @@ class PromptEncoder:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         self.misses += len(missing)
         self.hits += len(prompts) - len(missing)
+        if missing and self.store is not None:
+            device = self.pipe.transformer.device  # T5 may sit elsewhere (offloaded) once cached
+            for prompt in list(missing):
+                stored = self.store.get(prompt)
+                if stored is not None:
+                    self._cache[prompt] = (stored[0].to(device), stored[1].to(device))
+                    missing.remove(prompt)
         if missing:
             self.warn_if_truncated([p for p in missing if p])
             with torch.no_grad():
                 embeds, mask = self._encode_uncached(missing)
             for i, prompt in enumerate(missing):
                 self._cache[prompt] = (embeds[i], mask[i])
+            if self.store is not None:
+                self.store.add(missing, embeds, mask)
         for prompt in prompts:
             self._cache.move_to_end(prompt)
         rows = [self._cache[p] for p in prompts]

@@ -2,18 +2,26 @@
 
 Random choices (flips, caption dropout) are not made here but in the training loop from a
 per-step generator, so a resumed run sees exactly the batches an uninterrupted one would.
+
+`cache_latents` turns an ImageCaptionDataset into a CachedLatentDataset: items then carry the VAE
+latent distribution of the image and of its mirror image, and the image's colour statistics,
+instead of pixels (see medart_core.cache for the files).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from medart_core.cache import TensorShardStore, latent_cache_key, sha256_file
 from medart_core.data import load_rgb, scan_imagefolder, split_folders
 from medart_core.errors import MedArtError
+
+logger = logging.getLogger(__name__)
 
 
 class ImageCaptionDataset(Dataset):
@@ -33,6 +41,7 @@ class ImageCaptionDataset(Dataset):
                 f"{len(missing_text)} images in {root} have no caption in the `text` column "
                 f"(e.g. {missing_text[0]}); caption them first (python -m medart_core caption)"
             )
+        self.resolution, self.center_crop = resolution, center_crop
         crop = v2.CenterCrop(resolution) if center_crop else v2.RandomCrop(resolution)
         self.transform = v2.Compose([
             v2.Resize(resolution, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
@@ -48,6 +57,81 @@ class ImageCaptionDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         return {"pixels": self.transform(load_rgb(record.path)), "text": record.text.strip(), "index": index}
+
+
+LATENT_FIELDS = ("mean", "std", "flip_mean", "flip_std", "rgb_mean", "rgb_std")
+
+
+class CachedLatentDataset(Dataset):
+    """The records of an ImageCaptionDataset with, per image, its cached latent Gaussian (mean,
+    std; also of the flipped image) and its per-channel colour mean and std in [0, 1]."""
+
+    def __init__(self, images: ImageCaptionDataset, store: TensorShardStore, hashes: list[str]):
+        self.records, self.store, self.hashes = images.records, store, hashes
+        self.resolution = images.resolution
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        found = self.store.get(self.hashes[index], LATENT_FIELDS)
+        return {"latent_mean": found["mean"], "latent_std": found["std"], "latent_flip_mean": found["flip_mean"],
+                "latent_flip_std": found["flip_std"], "rgb_mean": found["rgb_mean"], "rgb_std": found["rgb_std"],
+                "text": self.records[index].text.strip(), "index": index}
+
+
+def sample_cached_latents(batch: dict, flip: torch.Tensor, generator: torch.Generator, device):
+    """One draw from each image's cached latent Gaussian (the mirror image's where `flip`): the
+    same random numbers, in the same order, as `vae.encode(pixels).latent_dist.sample(generator)`."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    flip = flip.to(device)[:, None, None, None]
+    mean = torch.where(flip, batch["latent_flip_mean"].to(device), batch["latent_mean"].to(device))
+    std = torch.where(flip, batch["latent_flip_std"].to(device), batch["latent_std"].to(device))
+    return mean + std * randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+
+def cached_colour_statistics(batch: dict, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real batch's per-channel colour mean and std in [0, 1], from the cached per-image ones
+    (a flip leaves them unchanged)."""
+    from medart_core.losses import pool_channel_statistics
+
+    return pool_channel_statistics(batch["rgb_mean"], batch["rgb_std"], resolution * resolution)
+
+
+def cache_latents(images: ImageCaptionDataset, vae, cache_dir: str | Path, model_id: str, *,
+                  batch_size: int = 8, shard_entries: int = 256) -> CachedLatentDataset:
+    """Encode every image not yet cached (new, edited: keyed by file content) and return the
+    cached view. Needs center crops: a random crop cached once would be the same crop forever."""
+    from medart_core.losses import image_channel_statistics
+
+    if not images.center_crop:
+        raise MedArtError("latents can only be cached with center_crop true (a cached random crop would be "
+                          "the same crop every epoch); set cache false or center_crop true")
+    key = latent_cache_key(model_id, vae, resolution=images.resolution, center_crop=True)
+    store = TensorShardStore(Path(cache_dir) / f"latents-{key}",
+                             {"kind": "VAE latent distributions", "model": model_id,
+                              "resolution": images.resolution, "crop": "center"})
+    hashes = [sha256_file(r.path) for r in images.records]
+    todo = [i for i in dict((h, i) for i, h in enumerate(hashes)).values() if hashes[i] not in store]
+    if todo:
+        logger.info("caching the latents of %d images in %s", len(todo), store.folder)
+    device = next(vae.parameters()).device
+    pending: dict = {}
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start: start + batch_size]
+        pixels = torch.stack([images[i]["pixels"] for i in chunk]).to(device, vae.dtype)
+        with torch.no_grad():
+            plain = vae.encode(pixels).latent_dist
+            flipped = vae.encode(pixels.flip(-1)).latent_dist
+        rgb_mean, rgb_std = image_channel_statistics(pixels.float() / 2 + 0.5)
+        pending.update({hashes[i]: {"mean": plain.mean[j], "std": plain.std[j], "flip_mean": flipped.mean[j],
+                                    "flip_std": flipped.std[j], "rgb_mean": rgb_mean[j], "rgb_std": rgb_std[j]}
+                        for j, i in enumerate(chunk)})
+        if len(pending) >= shard_entries or start + batch_size >= len(todo):
+            store.add(pending)
+            pending = {}
+    return CachedLatentDataset(images, store, hashes)
 
 
 class ResumableShuffleSampler(Sampler[int]):

@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "under accelerate launch, each process's own device)")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
                         help="transformer/VAE precision (default: bf16 on GPU, fp32 on CPU); T5 is never fp16")
+    parser.add_argument("--text-encoder-quantization", default="none", choices=["none", "8bit", "4bit"],
+                        help="load T5 in 8-bit or 4-bit through bitsandbytes, for GPUs (or CPUs) short of memory "
+                             "(default: none)")
+    parser.add_argument("--embedding-cache", metavar="DIR", default=None,
+                        help="keep T5 prompt embeddings in DIR across runs, so repeated prompts skip T5 "
+                             "(keyed by model, dtype, quantisation and T5 adapter; default: memory only)")
     parser.add_argument("--out", required=True, help="output folder; an interrupted run with the same settings resumes there")
 
 
@@ -54,7 +60,9 @@ def run(args: argparse.Namespace) -> None:
     state = process_state()
     device = args.device if (args.device and state.num_processes == 1) else state.device
     precision = Precision.choose(device, args.dtype)
-    model = load_pipeline(args.model, lora=args.lora, text_encoder_lora=args.text_encoder_lora, precision=precision)
+    model = load_pipeline(args.model, lora=args.lora, text_encoder_lora=args.text_encoder_lora, precision=precision,
+                          text_encoder_quantization=args.text_encoder_quantization,
+                          embedding_cache=args.embedding_cache)
     metadata = generate_dataset(model, jobs, args.out, settings, batch_size=args.batch_size, state=state)
     if state.is_main_process:
         print(f"{len(jobs)} synthetic images and {metadata}")

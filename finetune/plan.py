@@ -1,0 +1,268 @@
+"""Memory plan of a fine-tuning config, before any weights are downloaded or loaded.
+
+    python finetune/train.py --config finetune/configs/paper.yaml --plan [cpu|cuda]
+
+Parameter counts are exact: the model classes are built from their config.json files (a local
+folder's, or the presets below for the PixArt-alpha hub ids) on the `meta` device, which holds
+shapes and no data. Activation sizes are estimates from the architecture (tensors a PixArt block
+keeps for its backward pass, in units of tokens x width), checked against measured peaks by
+bench/bench_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finetune.config import TrainConfig
+from medart_core.errors import MedArtError
+from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS
+from medart_core.pipeline import MAX_PROMPT_TOKENS
+
+GIB = 2 ** 30
+
+_PIXART_XL_TRANSFORMER = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+                              num_layers=28, cross_attention_dim=1152, attention_bias=True, patch_size=2,
+                              activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                              norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+                              caption_channels=4096)
+_SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+               up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
+               layers_per_block=2, latent_channels=4, norm_num_groups=32, scaling_factor=0.18215)
+_T5_V1_1_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, vocab_size=32128,
+                    relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                    feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+# The component configs of the hub checkpoints (their config.json files), so a plan needs no download.
+PRESETS = {
+    "PixArt-alpha/PixArt-XL-2-512x512": {"transformer": {**_PIXART_XL_TRANSFORMER, "sample_size": 64},
+                                         "vae": {**_SD_VAE, "sample_size": 512}, "text_encoder": _T5_V1_1_XXL},
+    "PixArt-alpha/PixArt-XL-2-1024-MS": {"transformer": {**_PIXART_XL_TRANSFORMER, "sample_size": 128},
+                                         "vae": {**_SD_VAE, "sample_size": 1024}, "text_encoder": _T5_V1_1_XXL},
+}
+
+# Tensors one PixArt transformer block keeps for backward, in units of (tokens x width): norms and
+# modulations (~4), self-attention q, k, v, output and projection input (~6), cross-attention (~4),
+# feed-forward input, GELU input and output at 4x width (~10), gates and residuals (~2).
+BLOCK_ACTIVATIONS = 26
+# Tensors a VAE decoder ResNet block keeps for backward, in units of (channels x pixels).
+RESNET_ACTIVATIONS = 7
+
+
+def read_component_configs(model: str) -> dict[str, dict]:
+    """config.json of the transformer, VAE and T5 of a local folder, or a hub id's preset."""
+    folder = Path(model).expanduser()
+    if (folder / "model_index.json").is_file():
+        configs = {}
+        for part in ("transformer", "vae", "text_encoder"):
+            path = folder / part / "config.json"
+            if not path.is_file():
+                raise MedArtError(f"{path} not found: {folder} is not a complete PixArt-alpha pipeline folder")
+            configs[part] = json.loads(path.read_text())
+        return configs
+    if model in PRESETS:
+        return PRESETS[model]
+    raise MedArtError(f"no local pipeline folder {model} and no memory-plan preset for it; presets: "
+                      f"{', '.join(PRESETS)} (or pass --model with a local save_pretrained folder)")
+
+
+def empty_models(configs: dict[str, dict]):
+    """The three models with the right shapes and no data (meta device): instant even for T5-XXL."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    with init_empty_weights():
+        transformer = PixArtTransformer2DModel.from_config(configs["transformer"])
+        vae = AutoencoderKL.from_config(configs["vae"])
+        text_config = {k: v for k, v in configs["text_encoder"].items() if not k.startswith("_")}
+        text_encoder = T5EncoderModel(T5Config(**text_config))
+    # the encoder's token embedding is T5's shared one; init_empty_weights loses that tie
+    text_encoder.encoder.embed_tokens.weight = text_encoder.shared.weight
+    return transformer, vae, text_encoder
+
+
+def lora_tensor_sizes(module, targets: list[str], rank: int) -> list[int]:
+    """Element counts of the LoRA A and B matrices peft would add (same target matching as peft)."""
+    import torch
+
+    sizes = []
+    for name, child in module.named_modules():
+        if isinstance(child, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+            sizes += [rank * child.in_features, rank * child.out_features]
+    return sizes
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _dtype_bytes(mixed_precision: str, device: str) -> tuple[int, int]:
+    """(transformer/VAE bytes, T5 bytes) per value, as train.py chooses them."""
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if device == "cuda" else "no"
+    model = {"bf16": 2, "fp16": 2}.get(mixed_precision, 4)
+    return model, 4 if mixed_precision in ("fp16", "no") else 2
+
+
+def t5_weight_bytes(text_encoder, quantization: str, dtype_bytes: int) -> int:
+    """bitsandbytes stores linear weights in 1 byte (8-bit) or half a byte plus block scales (4-bit);
+    T5's `wo` stays unquantised, in T5's dtype (transformers' _keep_in_fp32_modules)."""
+    import torch
+
+    if quantization == "none":
+        return count(text_encoder) * dtype_bytes
+    total = 0
+    for name, child in text_encoder.named_modules():
+        if isinstance(child, torch.nn.Linear):
+            n = child.weight.numel()
+            if name.endswith("wo"):
+                total += dtype_bytes * n
+            elif quantization == "8bit":
+                total += n + 4 * child.out_features  # int8 weights + one fp32 scale per row
+            else:
+                total += n // 2 + 4 * (n // 64)  # nf4 + one fp32 absmax per block of 64
+    linear = sum(c.weight.numel() for c in text_encoder.modules() if isinstance(c, torch.nn.Linear))
+    return total + (count(text_encoder) - linear) * dtype_bytes
+
+
+def transformer_activations(transformer, batch: int, resolution: int, vae_scale: int, value_bytes: int, *,
+                            checkpointing: bool) -> int:
+    """Tensors kept for backward by one transformer call on `batch` images (+ a backward workspace)."""
+    c = transformer.config
+    tokens = (resolution // vae_scale // c.patch_size) ** 2
+    width = c.num_attention_heads * c.attention_head_dim
+    per_block = BLOCK_ACTIVATIONS * batch * tokens * width + 2 * batch * MAX_PROMPT_TOKENS * width
+    workspace = 8 * batch * tokens * width  # gradients of the widest (4x) feed-forward tensors
+    if checkpointing:  # block inputs only, plus one block recomputed at a time
+        return (c.num_layers * batch * tokens * width + per_block + workspace) * value_bytes
+    return (c.num_layers * per_block + workspace) * value_bytes
+
+
+def vae_decoder_activations(vae, batch: int, resolution: int, value_bytes: int, *, checkpointing: bool) -> int:
+    """Tensors the VAE decoder keeps for backward when HLDF decodes with gradients."""
+    c = vae.config
+    channels = list(reversed(c.block_out_channels))
+    size = resolution // 2 ** (len(channels) - 1)
+    blocks = [2 * RESNET_ACTIVATIONS * channels[0] * size * size + 5 * channels[0] * size * size]  # mid block
+    for level, width in enumerate(channels):
+        level_values = (c.layers_per_block + 1) * RESNET_ACTIVATIONS * width * size * size
+        if level < len(channels) - 1:
+            size *= 2
+            level_values += width * size * size  # the upsampled input of the upsampler's conv
+        blocks.append(level_values)
+    blocks.append(3 * c.block_out_channels[0] * resolution * resolution)  # norm, SiLU, conv_out
+    if checkpointing:
+        return batch * (max(blocks) + sum(blocks) // max(len(blocks), 1)) * value_bytes
+    return batch * sum(blocks) * value_bytes
+
+
+@dataclass
+class MemoryPlan:
+    """Estimated bytes of each part of a training step on one device."""
+
+    model: str
+    device: str
+    parameters: dict[str, int]
+    rows: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fixed(self) -> int:
+        return sum(self.rows[k] for k in ("transformer", "vae", "text_encoder", "adapters", "gradients", "optimizer"))
+
+    @property
+    def peak_plain(self) -> int:
+        return self.fixed + self.rows["activations"]
+
+    @property
+    def peak_hldf(self) -> int:
+        # the noise-prediction graph is still alive when the HLDF sample runs (one backward for both)
+        return self.fixed + self.rows["activations"] + self.rows["hldf"] if self.rows["hldf"] else 0
+
+    @property
+    def peak(self) -> int:
+        return max(self.peak_plain, self.peak_hldf, self.rows["caching"])
+
+    def report(self) -> str:
+        gib = lambda n: f"{n / GIB:8.2f} GiB"  # noqa: E731
+        p = self.parameters
+        lines = [f"memory plan for {self.model} on {self.device} (estimate; no weights were loaded)",
+                 f"parameters: transformer {p['transformer'] / 1e6:.1f}M, VAE {p['vae'] / 1e6:.1f}M, "
+                 f"T5 {p['text_encoder'] / 1e6:.1f}M, LoRA {p['lora'] / 1e6:.2f}M"]
+        labels = {"transformer": "transformer weights", "vae": "VAE weights", "text_encoder": "T5 weights during the loop",
+                  "adapters": "LoRA weights (fp32)", "gradients": "LoRA gradients (fp32)",
+                  "optimizer": "optimizer state", "activations": "activations, plain step",
+                  "activations_other": "  the same, checkpointing switched", "hldf": "HLDF step on top",
+                  "caching": "caching phase (T5 + VAE + transformer)"}
+        for key, label in labels.items():
+            lines.append(f"  {label:<40}{gib(self.rows[key])}  {self.notes.get(key, '')}".rstrip())
+        lines.append(f"  {'peak, plain step':<40}{gib(self.peak_plain)}")
+        if self.rows["hldf"]:
+            lines.append(f"  {'peak, HLDF step':<40}{gib(self.peak_hldf)}")
+        lines.append(f"  {'peak overall':<40}{gib(self.peak)}")
+        return "\n".join(lines)
+
+
+def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
+    """Estimate the memory of `config` on `device` ("cpu" or "cuda") from config files alone."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    transformer, vae, text_encoder = empty_models(read_component_configs(config.model))
+    model_bytes, text_bytes = _dtype_bytes(config.mixed_precision, device)
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    lora = lora_tensor_sizes(transformer, TRANSFORMER_TARGETS, config.lora_rank)
+    if config.train_text_encoder_lora:
+        lora += lora_tensor_sizes(text_encoder, TEXT_ENCODER_TARGETS, config.text_encoder_lora_rank or config.lora_rank)
+    plan = MemoryPlan(config.model, device, {"transformer": count(transformer), "vae": count(vae),
+                                             "text_encoder": count(text_encoder), "lora": sum(lora)})
+    rows, notes = plan.rows, plan.notes
+    rows["transformer"] = count(transformer) * model_bytes
+    rows["vae"] = count(vae) * model_bytes
+    t5 = t5_weight_bytes(text_encoder, config.text_encoder_quantization, text_bytes)
+    t5_freed = config.caches_text and device == "cuda" and config.text_encoder_quantization == "none"
+    rows["text_encoder"] = 0 if t5_freed else t5
+    notes["text_encoder"] = (f"{t5 / GIB:.2f} GiB {config.text_encoder_quantization}; moved off the GPU once its "
+                             "embeddings are cached" if t5_freed else
+                             f"{config.text_encoder_quantization if config.text_encoder_quantization != 'none' else ''}"
+                             f"{' (embeddings cached: T5 not run in the loop)' if config.caches_text else ''}")
+    rows["adapters"] = rows["gradients"] = 4 * sum(lora)
+    if config.optimizer == "adamw8bit":  # bitsandbytes keeps fp32 state for tensors under 4096 values
+        rows["optimizer"] = sum(2 * n if n >= 4096 else 8 * n for n in lora)
+        notes["optimizer"] = "AdamW8bit (2 bytes per LoRA value)"
+    else:
+        rows["optimizer"] = 8 * sum(lora)
+        notes["optimizer"] = "AdamW (8 bytes per LoRA value)"
+
+    batch, resolution = config.train_batch_size, config.resolution
+    activations = {ckpt: transformer_activations(transformer, batch, resolution, vae_scale, model_bytes,
+                                                 checkpointing=ckpt) for ckpt in (False, True)}
+    rows["activations"] = activations[config.gradient_checkpointing]
+    rows["activations_other"] = activations[not config.gradient_checkpointing]
+    notes["activations"] = f"batch {batch} at {resolution} px, gradient_checkpointing {config.gradient_checkpointing}"
+    notes["activations_other"] = f"with gradient_checkpointing {not config.gradient_checkpointing}"
+    if config.train_text_encoder_lora:
+        t5_width = text_encoder.config.d_model
+        t5_acts = text_encoder.config.num_layers * 12 * batch * MAX_PROMPT_TOKENS * t5_width * text_bytes
+        rows["activations"] += t5_acts
+        rows["activations_other"] += t5_acts
+
+    if config.hldf_every:
+        grad_steps = min(config.hldf_grad_last_k or config.hldf_steps, config.hldf_steps)
+        one_call = transformer_activations(transformer, 2 * batch, resolution, vae_scale, model_bytes,
+                                           checkpointing=config.gradient_checkpointing)
+        sampling = one_call if config.hldf_checkpointing else grad_steps * one_call
+        decode = vae_decoder_activations(vae, batch, resolution, model_bytes,
+                                         checkpointing=config.vae_gradient_checkpointing)
+        rows["hldf"] = sampling + decode
+        notes["hldf"] = (f"{config.hldf_steps}-step sample with CFG, gradients through {grad_steps} steps "
+                         f"({'one call recomputed at a time' if config.hldf_checkpointing else 'all kept'}), "
+                         f"VAE decode {decode / GIB:.2f} GiB")
+    else:
+        rows["hldf"] = 0
+        notes["hldf"] = "HLDF off"
+    rows["caching"] = t5 + rows["vae"] + rows["transformer"] if config.cache else 0
+    notes["caching"] = "once per dataset" if config.cache else "cache off"
+    return plan

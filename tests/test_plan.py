@@ -1,0 +1,84 @@
+"""`finetune/train.py --plan`: a memory estimate from config files alone, with sane numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+import finetune.train as train_module
+from finetune.config import load_config
+from finetune.plan import GIB, memory_plan
+from medart_core.errors import MedArtError
+from medart_core.pipeline import Precision
+
+
+@pytest.fixture(autouse=True)
+def run_from_repo_root(monkeypatch, request):
+    monkeypatch.chdir(request.config.rootpath)
+
+
+@pytest.fixture
+def no_weight_loading(monkeypatch):
+    """Any attempt to load weights fails the test."""
+    import diffusers
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--plan loaded weights")
+
+    for owner in (diffusers.DiffusionPipeline, diffusers.ModelMixin, transformers.PreTrainedModel):
+        monkeypatch.setattr(owner, "from_pretrained", classmethod(refuse))
+
+
+def paper(*extra):
+    return load_config(["--config", "finetune/configs/paper.yaml", *extra])
+
+
+def test_plan_prints_and_exits_without_loading_weights(no_weight_loading, capsys):
+    assert train_module.main(["--config", "finetune/configs/paper.yaml", "--plan", "cuda"]) == 0
+    printed = capsys.readouterr().out
+    assert "PixArt-alpha/PixArt-XL-2-512x512 on cuda" in printed and "no weights were loaded" in printed
+    for row in ("transformer weights", "T5 weights", "optimizer state", "activations, plain step", "HLDF step",
+                "peak overall"):
+        assert row in printed
+
+
+def test_plan_numbers_are_sane_for_pixart_xl(no_weight_loading):
+    plan = memory_plan(paper(), device="cuda")
+    assert 600e6 < plan.parameters["transformer"] < 620e6  # PixArt-XL-2: 611M
+    assert 4.7e9 < plan.parameters["text_encoder"] < 5.0e9  # T5-XXL encoder
+    assert plan.rows["transformer"] == 2 * plan.parameters["transformer"]  # bf16 on GPU
+    assert plan.rows["adapters"] == 4 * plan.parameters["lora"]  # fp32 LoRA
+    assert plan.rows["optimizer"] < plan.rows["adapters"]  # 8-bit AdamW
+    assert plan.rows["text_encoder"] == 0  # cached embeddings: T5 leaves the GPU for the loop
+    assert plan.rows["caching"] > 2 * plan.parameters["text_encoder"] * 0.99
+    assert 1 * GIB < plan.rows["activations"] < 40 * GIB
+    assert plan.rows["activations_other"] < plan.rows["activations"] / 4  # gradient checkpointing
+    assert plan.peak_hldf > plan.peak_plain > plan.rows["transformer"]
+
+    uncached = memory_plan(paper("--cache", "false"), device="cuda")
+    eight, four = (memory_plan(paper("--cache", "false", "--text_encoder_quantization", q), device="cuda")
+                   for q in ("8bit", "4bit"))
+    assert uncached.rows["text_encoder"] > eight.rows["text_encoder"] > four.rows["text_encoder"] > 0
+    assert memory_plan(paper(), device="cpu").rows["transformer"] == 4 * plan.parameters["transformer"]
+    big = memory_plan(paper("--model", "PixArt-alpha/PixArt-XL-2-1024-MS", "--resolution", "1024"), device="cuda")
+    assert big.rows["activations"] > 3.5 * plan.rows["activations"]  # 4x the tokens
+    no_hldf = memory_plan(paper("--hldf_every", "0"), device="cuda")
+    assert no_hldf.rows["hldf"] == 0 and no_hldf.peak == max(no_hldf.peak_plain, no_hldf.rows["caching"])
+
+
+def test_plan_counts_of_a_local_folder_match_the_loaded_model(tiny_pipeline_dir):
+    config = load_config(["--model", str(tiny_pipeline_dir), "--data", "d", "--lora_rank", "4",
+                          "--train_text_encoder_lora", "true", "--text_encoder_lora_rank", "2"])
+    plan = memory_plan(config, device="cpu")
+    models, transformer_lora, text_encoder_lora = train_module.build_models(config, Precision.choose("cpu"))
+    trainable = [p for m in (transformer_lora, text_encoder_lora) for p in m.parameters() if p.requires_grad]
+    assert plan.parameters["lora"] == sum(p.numel() for p in trainable)
+    frozen = lambda module: sum(p.numel() for n, p in module.named_parameters() if "lora_" not in n)  # noqa: E731
+    assert plan.parameters["transformer"] == frozen(models.pipe.transformer)
+    assert plan.parameters["vae"] == frozen(models.pipe.vae)
+    assert plan.parameters["text_encoder"] == frozen(models.pipe.text_encoder)
+
+
+def test_plan_of_an_unknown_hub_id_says_what_to_do():
+    with pytest.raises(MedArtError, match="no memory-plan preset"):
+        memory_plan(load_config(["--model", "someone/other-model", "--data", "d"]))
