@@ -30,6 +30,7 @@ from medart_core.caption_validation import (
 )
 from medart_core.data import METADATA_FILE, load_rgb, read_jsonl, scan_imagefolder, split_folders, write_metadata_jsonl
 from medart_core.errors import MedArtError
+from medart_core.fallback_captioner import SOURCE as FALLBACK  # noqa: F401 (re-exported: `--vlm fallback`)
 
 logger = logging.getLogger(__name__)
 

@@ -41,6 +41,15 @@ class ImageCaptionDataset(Dataset):
                 f"{len(missing_text)} images in {root} have no caption in the `text` column "
                 f"(e.g. {missing_text[0]}); caption them first (python -m medart_core caption)"
             )
+        unreadable = []
+        for record in self.records:  # one decode each now, rather than a crash hours into training
+            try:
+                load_rgb(record.path)
+            except MedArtError as err:
+                unreadable.append(str(err))
+        if unreadable:
+            raise MedArtError(f"{len(unreadable)} training images cannot be read; fix or remove them from the "
+                              f"metadata first: " + "; ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else ""))
         self.resolution, self.center_crop = resolution, center_crop
         crop = v2.CenterCrop(resolution) if center_crop else v2.RandomCrop(resolution)
         self.transform = v2.Compose([

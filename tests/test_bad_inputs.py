@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import logging
 import shutil
 import zipfile
@@ -122,20 +123,23 @@ def images_dataset(root: Path, cases, folder: Path) -> Path:
     return folder
 
 
-def test_training_data_refuses_each_bad_image_clearly(corpus, tmp_path):
+def test_training_data_refuses_bad_images_by_name_before_training(corpus, tmp_path):
     from medart_core.training_data import ImageCaptionDataset
 
     root, cases = corpus
-    data = images_dataset(root, cases, tmp_path / "train")
-    dataset = ImageCaptionDataset(data, resolution=16)
-    expect = {c["name"]: c["expect"] for c in cases}
-    for i, record in enumerate(dataset.records):
-        wanted = expect.get(record.file_name, "ok")
-        if wanted == "ok":
-            assert dataset[i]["pixels"].shape == (3, 16, 16)
-        else:
-            with pytest.raises(MedArtError, match=wanted.replace("(", r"\(").replace(")", r"\)")):
-                dataset[i]
+    files = of_kind(cases, "file", medical=False)
+    bad = [c for c in files if c["expect"] != "ok"]
+    good = [c for c in files if c["expect"] == "ok"]
+    with pytest.raises(MedArtError) as refused:
+        ImageCaptionDataset(images_dataset(root, files, tmp_path / "all"), resolution=16)
+    message = str(refused.value)
+    assert message.startswith(f"{len(bad)} training images cannot be read")
+    for case in bad[:5]:  # the first five are named, each with its own reason
+        assert case["name"] in message
+        assert re.search(re.escape(case["expect"]), message)
+    dataset = ImageCaptionDataset(images_dataset(root, good, tmp_path / "good"), resolution=16)
+    assert len(dataset) == len(good) + 3  # with the three good images images_dataset adds
+    assert all(dataset[i]["pixels"].shape == (3, 16, 16) for i in range(len(dataset)))
 
 
 def test_scanning_and_training_answer_each_metadata_attack(fresh):
