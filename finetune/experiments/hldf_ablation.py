@@ -61,7 +61,8 @@ def run(command: list[str], log: Path) -> tuple[float, float]:
 
 
 def subset(data: Path, classes: list[str], out: Path) -> Path:
-    """An imagefolder with only the chosen classes (both splits), images linked, not copied."""
+    """An imagefolder with only the chosen classes (both splits). Images are copied: links out of
+    a data folder are refused by the loaders, as a safety rule."""
     from medart_core.data import read_metadata, split_folders, write_jsonl_atomic
 
     if out.exists():
@@ -71,7 +72,7 @@ def subset(data: Path, classes: list[str], out: Path) -> Path:
         target.mkdir(parents=True)
         rows = [r for r in read_metadata(folder) or [] if r.get("label") in classes]
         for row in rows:
-            os.symlink((folder / row["file_name"]).resolve(), target / row["file_name"])
+            shutil.copy2(folder / row["file_name"], target / row["file_name"])
         write_jsonl_atomic(target / "metadata.jsonl", rows)
     return out
 
