@@ -1,6 +1,6 @@
 """HLDF ablation: does the pixel-level colour loss fix colours (and distances) at small scale?
 
-    python finetune/experiments/hldf_ablation.py --out runs/hldf_ablation            # ~1 h, 2 CPU cores
+    python finetune/experiments/hldf_ablation.py --out runs/hldf_ablation            # ~1 h on 2 CPU cores
     python finetune/experiments/hldf_ablation.py --out runs/hldf_smoke --smoke       # ~1-2 min
 
 From the demo model, LoRA-fine-tunes on the most colourful demo classes (fundus, histology) with
@@ -147,7 +147,7 @@ def main() -> None:
                         help="comma-separated labels to fine-tune on (default: the colourful fundus,histology-ihc)")
     parser.add_argument("--out", default="runs/hldf_ablation", help="output folder (default: runs/hldf_ablation)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per run (default: 150)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run (default: 100)")
     parser.add_argument("--batch-size", type=int, default=8, help="training batch size (default: 8)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="LoRA learning rate (default: 1e-3)")
     parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default: 8)")
