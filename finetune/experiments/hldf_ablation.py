@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--generate-steps", type=int, default=20, help="sampling steps for evaluation images (default: 20)")
     parser.add_argument("--images-per-prompt", type=int, default=1, help="images per held-out prompt (default: 1)")
     parser.add_argument("--no-sweep", action="store_true", help="only LoRA vs HLDF, no sweep over HLDF settings")
+    parser.add_argument("--sweep-seeds", type=int, nargs="+", default=None,
+                        help="seeds for the sweep variants (default: every --seeds seed); LoRA vs HLDF always runs all")
     parser.add_argument("--smoke", action="store_true", help="a seconds-scale run for tests (overrides sizes)")
     args = parser.parse_args()
     if args.smoke:
@@ -190,7 +192,8 @@ def main() -> None:
     (out / "logs").mkdir(exist_ok=True)
     rows = [{"variant": "base demo model (no LoRA)", "seed": 0, **generate_and_evaluate("base", None)}]
     for seed in args.seeds:
-        for variant in variants(args.hldf_every, args.hldf_steps, sweep=not args.no_sweep):
+        sweep = not args.no_sweep and (args.sweep_seeds is None or seed in args.sweep_seeds)
+        for variant in variants(args.hldf_every, args.hldf_steps, sweep=sweep):
             slug = variant.name.lower().replace(" ", "-") + f"-seed{seed}"
             options = {"model": args.model, "data": str(data), "output_dir": str(out / "runs" / slug),
                        "resolution": resolution, "train_batch_size": args.batch_size, "max_train_steps": args.steps,
