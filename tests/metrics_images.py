@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image, ImageFilter
 
 SIZE = 48
@@ -70,3 +72,12 @@ def colour_shift(image: Image.Image, shift=(60, -30, -30)) -> Image.Image:
 
 def blur(image: Image.Image, radius: float = 2.5) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(radius))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convolutions run faster on one thread, and much faster when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

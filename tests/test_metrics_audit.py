@@ -8,26 +8,26 @@ import json
 import numpy as np
 import pytest
 import torch
+from metrics_images import (
+    colour_shift,
+    one_thread,  # noqa: F401 (an autouse fixture)
+    patches,
+    real_dataset,
+    write_imagefolder,
+)
 
 from medart_core.__main__ import main
 from medart_core.errors import MedArtError
-from medart_core.metrics.classifier import (ClassifierConfig, downstream_classification,
-                                            load_or_train_domain_classifier)
+from medart_core.metrics.classifier import (
+    ClassifierConfig,
+    downstream_classification,
+    load_or_train_domain_classifier,
+)
 from medart_core.metrics.features import extract, pixel_features
 from medart_core.metrics.memorization import audit
 from medart_core.metrics.sets import load_set, resolve_sets
-from metrics_images import colour_shift, patches, real_dataset, write_imagefolder
 
 FAST = ClassifierConfig(image_size=32, steps=60, batch_size=16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run faster on one thread, and much faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,27 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from metrics_images import (
+    blur,
+    colour_shift,
+    one_thread,  # noqa: F401 (an autouse fixture)
+    patches,
+    write_imagefolder,
+)
 
 from medart_core.errors import MedArtError
 from medart_core.metrics import color as colour
-from medart_core.metrics.distances import (LibraryFidKid, bootstrap_interval, frechet_distance, frechet_distance_lowrank,
-                                           kernel_inception_distance, load_inception, sample_size_warnings)
+from medart_core.metrics.distances import (
+    LibraryFidKid,
+    bootstrap_interval,
+    frechet_distance,
+    frechet_distance_lowrank,
+    kernel_inception_distance,
+    load_inception,
+    sample_size_warnings,
+)
 from medart_core.metrics.features import efficientnet_lite0_features, extract
 from medart_core.metrics.sets import load_set
-from metrics_images import blur, colour_shift, patches, write_imagefolder
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run faster on one thread, and much faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
