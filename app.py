@@ -510,32 +510,35 @@ def build_demo(app: App):
                 return refresh(status, label, query, keys[index % len(keys)])
             return move
 
-        def shown(key):
+        def require_image(key):
             if not key:
                 raise MedArtError("choose an image first")
+
+        def shown(key):
+            require_image(key)
             return (*show_entry(app, key), progress_text(app))
 
         @guarded
         def on_save(key, new_text, seen, request: gr.Request):
-            shown(key)
+            require_image(key)
             app.store.save(key, new_text, revision=seen, author=app.author(request))
             return shown(key)
 
         @guarded
         def on_approve(key, seen, request: gr.Request):
-            shown(key)
+            require_image(key)
             app.store.approve(key, revision=seen, author=app.author(request))
             return shown(key)
 
         @guarded
         def on_flag(key, why, seen, request: gr.Request):
-            shown(key)
+            require_image(key)
             app.store.flag(key, why, revision=seen, author=app.author(request))
             return shown(key)
 
         @guarded
         def on_undo(key, to, seen, request: gr.Request):
-            shown(key)
+            require_image(key)
             if to in (None, ""):
                 raise MedArtError("choose the revision to go back to")
             app.store.revert(key, int(to), revision=seen, author=app.author(request))
@@ -546,7 +549,7 @@ def build_demo(app: App):
             from medart_core.data import ImageRecord
             from medart_core.fallback_captioner import FallbackCaptioner
 
-            shown(key)
+            require_image(key)
             progress(0, desc="describing")
             entry = app.store.get(key)
             row = {"simple_caption": entry.simple_caption, **entry.extra}

@@ -126,17 +126,23 @@ def _fifty_descriptions(db: str, tmp_path: Path) -> tuple[list[str], dict[str, s
     return [e.key for e in entries], {e.key: e.text for e in entries}
 
 
+def check_store_after_edits(db, keys, outcomes, initial) -> dict:
+    """No accepted edit lost (check_no_lost_edit) and, on SQLite, an intact database file."""
+    with ReviewStore(db) as store:
+        figures = check_no_lost_edit(store, keys, outcomes, initial)
+        if db.endswith(".sqlite"):
+            with store.engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    return figures
+
+
 @pytest.mark.slow
 def test_eight_threads_lose_no_accepted_edit(db, tmp_path, record_property):
     keys, initial = _fifty_descriptions(db, tmp_path)
     started = time.perf_counter()
     outcomes = edit_with_threads(db, keys, [f"editor-{i}" for i in range(8)])
     elapsed = time.perf_counter() - started
-    with ReviewStore(db) as store:
-        figures = check_no_lost_edit(store, keys, outcomes, initial)
-        if db.endswith(".sqlite"):
-            with store.engine.connect() as conn:
-                assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    figures = check_store_after_edits(db, keys, outcomes, initial)
     record_property("concurrency", {**figures, "seconds": round(elapsed, 2)})
     print(f"\n8 threads on {store_kind(db)}: {figures} in {elapsed:.1f}s")
 
@@ -148,11 +154,7 @@ def test_two_processes_lose_no_accepted_edit(db, tmp_path, record_property):
     outcomes = edit_in_processes(db, keys, processes=2, threads=4)
     elapsed = time.perf_counter() - started
     assert {o["editor"].split("/")[0] for o in outcomes} == {"process-0", "process-1"}
-    with ReviewStore(db) as store:
-        figures = check_no_lost_edit(store, keys, outcomes, initial)
-        if db.endswith(".sqlite"):
-            with store.engine.connect() as conn:
-                assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    figures = check_store_after_edits(db, keys, outcomes, initial)
     record_property("concurrency", {**figures, "seconds": round(elapsed, 2)})
     print(f"\n2 processes x 4 threads on {store_kind(db)}: {figures} in {elapsed:.1f}s")
 
