@@ -128,7 +128,10 @@ class Generator:
     """Loads the pipeline once, on first use, and serialises requests to it."""
 
     def __init__(self, model: str | None, lora: str | None):
+        from medart_core.model_card import sampling_defaults
+
         self.model_name, self.lora = model, lora
+        self.defaults = sampling_defaults(model)  # guidance and steps the model card recommends
         self._model = None
         self._lock = threading.Lock()
 
@@ -453,8 +456,9 @@ def build_demo(app: App):
                         seed = gr.Number(label="Seed", value=0, precision=0)
                         count = gr.Slider(1, 8, value=2, step=1, label="Images")
                     with gr.Row():
-                        steps = gr.Slider(1, 50, value=20, step=1, label="Steps (DPM-Solver++)")
-                        guidance = gr.Slider(1.0, 10.0, value=4.5, step=0.5, label="Guidance")
+                        steps = gr.Slider(1, 50, value=app.generator.defaults.steps, step=1, label="Steps (DPM-Solver++)")
+                        guidance = gr.Slider(1.0, 10.0, value=app.generator.defaults.guidance, step=0.5,
+                                             label="Guidance")
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 with gr.Column():
                     gallery = gr.Gallery(label="Synthetic images (marked SYNTHETIC)", columns=2, elem_id="gallery")
@@ -467,7 +471,7 @@ def build_demo(app: App):
                 compare_label = gr.Dropdown(labels[1:], value=labels[1] if len(labels) > 1 else None, label="Class")
                 compare_prompt = gr.Textbox(label="Description (empty: an approved one of the class, else any)", scale=2)
                 compare_count = gr.Slider(1, 8, value=4, step=1, label="Images per side")
-                compare_steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
+                compare_steps = gr.Slider(1, 50, value=app.generator.defaults.steps, step=1, label="Steps")
             compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
             compare_used = gr.Markdown()
             with gr.Row():
@@ -655,7 +659,8 @@ def build_demo(app: App):
             approved = [e for e in real if e.status == "approved"]
             used = " ".join((description or "").split()) or (approved or real)[0].text
             real = real[: int(n)]
-            fake, files = generate_files(app, used, label, 0, steps_value, 4.5, int(n), progress)
+            fake, files = generate_files(app, used, label, 0, steps_value, app.generator.defaults.guidance, int(n),
+                                         progress)
             figure = Path(files[0]).parent / ".colour-histograms.png"
             table, distance = colour_comparison([e.path for e in real], files, figure, f"{label}: real vs generated")
             note = (f"Prompt: *{used}*  \nColour distance (mean |Δmean| + |Δstd| over channels, the HLDF colour-loss "

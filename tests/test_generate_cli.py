@@ -130,3 +130,33 @@ def test_accelerate_two_processes_shard_prompts_into_one_metadata(
     assert read_rows(sharded / "metadata.jsonl") == read_rows(single / "metadata.jsonl")
     for row in read_rows(single / "metadata.jsonl"):
         assert (sharded / row["file_name"]).read_bytes() == (single / row["file_name"]).read_bytes()
+
+
+def with_card(pipeline_dir, destination, front_matter: str):
+    import shutil
+
+    shutil.copytree(pipeline_dir, destination)
+    (destination / "README.md").write_text(f"---\n{front_matter}---\n\n# a model\n")
+    return destination
+
+
+def test_sampling_defaults_come_from_the_model_card(tiny_pipeline_dir, prompt_file, tmp_path):
+    model = with_card(tiny_pipeline_dir, tmp_path / "carded",
+                      "inference:\n  parameters:\n    guidance_scale: 2.0\n    num_inference_steps: 4\n")
+    common = ["generate", "--model", str(model), "--prompts", str(prompt_file), "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "card")]) == 0
+    assert {(r["guidance"], r["steps"]) for r in read_rows(tmp_path / "card" / "metadata.jsonl")} == {(2.0, 4)}
+    assert main([*common, "--guidance", "3", "--steps", "2", "--out", str(tmp_path / "flags")]) == 0
+    assert {(r["guidance"], r["steps"]) for r in read_rows(tmp_path / "flags" / "metadata.jsonl")} == {(3.0, 2)}
+
+
+def test_a_card_without_or_with_bad_sampling_settings_keeps_pixart_defaults(tiny_pipeline_dir, tmp_path, caplog):
+    from medart_core.model_card import SamplingDefaults, sampling_defaults
+
+    assert sampling_defaults(tiny_pipeline_dir) == SamplingDefaults(guidance=4.5, steps=20)  # no README.md
+    plain = with_card(tiny_pipeline_dir, tmp_path / "plain", "library_name: diffusers\n")
+    assert sampling_defaults(plain) == SamplingDefaults()
+    bad = with_card(tiny_pipeline_dir, tmp_path / "bad", "inference:\n  parameters:\n    guidance_scale: strong\n")
+    assert sampling_defaults(bad) == SamplingDefaults()
+    assert "ignoring the sampling settings" in caplog.text
+    assert sampling_defaults("no-such-org/no-such-model") == SamplingDefaults()  # offline, not cached

@@ -20,8 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSONL with \"text\" and optional \"label\" per line; a real set's metadata.jsonl works")
     parser.add_argument("--label", default=None, help="class label recorded for --prompt (default: none)")
     parser.add_argument("--n", type=int, default=1, help="images per prompt (default: 1)")
-    parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps (default: 20)")
-    parser.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance scale; 1 turns it off (default: 4.5)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="DPM-Solver++ steps (default: the model card's inference.parameters.num_inference_steps, "
+                             "else 20)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale; 1 turns it off (default: the model card's "
+                             "inference.parameters.guidance_scale, else 4.5 as for PixArt-alpha)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image k gets seed+k (default: 0)")
     parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's native size)")
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's native size)")
@@ -43,6 +47,7 @@ def run(args: argparse.Namespace) -> None:
     from medart_core.data import read_prompts
     from medart_core.errors import MedArtError
     from medart_core.generation import GenerationSettings, generate_dataset, plan_jobs, process_state
+    from medart_core.model_card import sampling_defaults
     from medart_core.pipeline import Precision, load_pipeline
 
     if args.prompt is not None:
@@ -53,7 +58,10 @@ def run(args: argparse.Namespace) -> None:
         prompts = read_prompts(args.prompts)
     if args.batch_size < 1:
         raise MedArtError(f"--batch-size must be at least 1, got {args.batch_size}")
-    settings = GenerationSettings(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width)
+    defaults = sampling_defaults(args.model)
+    settings = GenerationSettings(steps=defaults.steps if args.steps is None else args.steps,
+                                  guidance=defaults.guidance if args.guidance is None else args.guidance,
+                                  height=args.height, width=args.width)
     settings.check()
     jobs = plan_jobs(prompts, args.n, args.seed)
 
