@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "assets" / "demo"
@@ -40,7 +39,6 @@ def test_demo_splits_share_no_volume_slice_or_image_region():
     assert min(gaps) >= 3  # no test CT slice is a neighbour of a train slice
 
 
-@pytest.mark.skipif(not (DEMO_MODEL / "model_index.json").is_file(), reason="assets/demo_model not built yet")
 def test_demo_model_generates_an_image_in_seconds_on_cpu():
     from medart_core.generation import GenerationSettings, generate_images
     from medart_core.pipeline import Precision, load_pipeline
