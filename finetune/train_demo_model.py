@@ -1,8 +1,9 @@
 """Train the bundled demo model (assets/demo_model/) from scratch on the demo dataset's train split.
 
-    OMP_NUM_THREADS=1 python finetune/train_demo_model.py --data assets/demo --out assets/demo_model
+    OMP_NUM_THREADS=2 python finetune/train_demo_model.py --data assets/demo --out assets/demo_model
 
-(about 40 minutes on one CPU core; one thread is steadier than two on a shared 2-core machine)
+(under an hour on 2 CPU cores left to it: two threads run 1.7x faster than one on an idle 2-core
+machine, but far slower than one when something else is busy on it)
 
 A small pipeline of PixArt-alpha's classes (PixArtTransformer2DModel, AutoencoderKL,
 T5EncoderModel, DPM-Solver++) at 64x64 px, so the app works offline and the tests have a
@@ -13,7 +14,9 @@ generator that makes recognisable images. No pretrained VAE or T5 ships offline,
   2. the AutoencoderKL is trained first (L1 + MSE reconstruction, a small KL term), and its
      latent scaling factor is set to 1 / std of the training latents, as for Stable Diffusion;
   3. the transformer is trained on the noise-prediction loss with finetune/train.py's own step
-     (`noise_prediction_step`), on both the full descriptions and the short simple captions.
+     (`noise_prediction_step`, on latents cached once by medart_core.training_data), on both the
+     full descriptions and the short simple captions; the moving average of its weights is saved;
+  4. the model card (README.md) records the sampling defaults the app and `generate` read.
 It is a tiny model for the demo and the tests, not a medical tool.
 """
 
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
 from huggingface_hub import ModelCard, ModelCardData
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -45,9 +49,9 @@ CARD_GUIDANCE = 2.0
 
 DEMO_CONFIG = ScratchConfig(
     image_size=64,
-    vae_channels=(32, 64, 64),  # 64 px -> 16x16 latents
+    vae_channels=(32, 64, 64),  # 64 px -> 16x16x4 latents (a trial with 8 channels reconstructed better, but
+    # the tiny transformer drew less recognisable images from them after 3000 steps)
     vae_norm_groups=16,
-    latent_channels=8,  # 16x16x8: finer detail than 4 channels at the same cost
     transformer_layers=8,
     attention_heads=6,
     attention_head_dim=32,
@@ -137,10 +141,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="assets/demo", help="demo imagefolder (default: assets/demo)")
     parser.add_argument("--out", default="assets/demo_model", help="output pipeline folder (default: assets/demo_model)")
-    parser.add_argument("--vae-steps", type=int, default=2000, help="AutoencoderKL training steps (default: 2000)")
-    parser.add_argument("--steps", type=int, default=3000, help="transformer training steps (default: 3000)")
+    parser.add_argument("--vae-steps", type=int, default=1500, help="AutoencoderKL training steps (default: 1500)")
+    parser.add_argument("--steps", type=int, default=8000, help="transformer training steps (default: 8000)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     parser.add_argument("--lr", type=float, default=5e-4, help="transformer peak learning rate (default: 5e-4)")
+    parser.add_argument("--ema-decay", type=float, default=0.999,
+                        help="decay of the moving average of the transformer weights that is saved; 0 saves the "
+                             "last step's weights (default: 0.999)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--card-guidance", type=float, default=CARD_GUIDANCE,
                         help="guidance scale the model card recommends, read by the app and `generate` as their "
@@ -188,7 +195,9 @@ def main() -> None:
     latent_dir = tempfile.TemporaryDirectory(prefix="medart-demo-latents-")
     latents = cache_latents(dataset, pipe.vae, latent_dir.name, model_id=str(out))
     stream = batches(latents, args.batch_size, seed=args.seed)
-    ema = None
+    loss_ema = None
+    # an exponential moving average of the weights is what gets saved: smoother samples than the last step's
+    weights_ema = EMAModel(transformer.parameters(), decay=args.ema_decay, foreach=True) if args.ema_decay else None
     for step in tqdm(range(1, args.steps + 1), desc="transformer"):
         loss, _ = noise_prediction_step(models, next(stream), config, step_generator(args.seed, step, 0),
                                         noise_scheduler, accelerator)
@@ -197,9 +206,13 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if weights_ema is not None:
+            weights_ema.step(transformer.parameters())
+        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
         if step % 50 == 0 or step == args.steps:
-            log({"stage": "transformer", "step": step, "loss": loss.item(), "loss_ema": ema, "lr": schedule.get_last_lr()[0]})
+            log({"stage": "transformer", "step": step, "loss": loss.item(), "loss_ema": loss_ema, "lr": schedule.get_last_lr()[0]})
+    if weights_ema is not None:
+        weights_ema.copy_to(transformer.parameters())
     transformer.eval().requires_grad_(False)
     latent_dir.cleanup()
 
@@ -211,7 +224,7 @@ def main() -> None:
         "command": command(args),
         "architecture": dataclasses.asdict(DEMO_CONFIG), "vae_scaling_factor": scaling,
         "captions": len(captions), "images": len(dataset.records) // 2,
-        "wall_time_seconds": round(time.time() - started), "final_loss_ema": ema,
+        "wall_time_seconds": round(time.time() - started), "final_loss_ema": loss_ema,
     }, indent=1))
     n_params = {name: sum(p.numel() for p in module.parameters())
                 for name, module in (("transformer", pipe.transformer), ("vae", pipe.vae), ("text_encoder", pipe.text_encoder))}
