@@ -154,6 +154,9 @@ def main() -> None:
     parser.add_argument("--hldf-every", type=int, default=5, help="HLDF every N steps in the HLDF runs (default: 5)")
     parser.add_argument("--hldf-steps", type=int, default=8, help="DPM-Solver++ steps of the HLDF sample (default: 8)")
     parser.add_argument("--generate-steps", type=int, default=20, help="sampling steps for evaluation images (default: 20)")
+    parser.add_argument("--guidance", type=float, default=4.5,
+                        help="guidance scale of the evaluation images, the same for every run (default: 4.5, "
+                             "PixArt-alpha's, which over-saturates the demo model: the colour error HLDF targets)")
     parser.add_argument("--images-per-prompt", type=int, default=1, help="images per held-out prompt (default: 1)")
     parser.add_argument("--no-sweep", action="store_true", help="only LoRA vs HLDF, no sweep over HLDF settings")
     parser.add_argument("--sweep-seeds", type=int, nargs="+", default=None,
@@ -179,7 +182,8 @@ def main() -> None:
         images, report = out / "generated" / name, out / "reports" / name
         lora_args = ["--lora", str(lora)] if lora else []
         run([python, "-m", "medart_core", "generate", "--model", args.model, *lora_args, "--prompts", str(prompts),
-             "--n", str(args.images_per_prompt), "--steps", str(args.generate_steps), "--seed", "1000",
+             "--n", str(args.images_per_prompt), "--steps", str(args.generate_steps), "--guidance", str(args.guidance),
+             "--seed", "1000",
              "--device", "cpu", "--out", str(images)], out / "logs" / f"generate-{name}.log")
         run([python, "-m", "medart_core", "evaluate", "--real", str(data), "--fake", str(images), "--out", str(report),
              *evaluate_options], out / "logs" / f"evaluate-{name}.log")
@@ -211,7 +215,7 @@ def main() -> None:
 
     settings = {"classes": args.classes, "steps": args.steps, "batch": args.batch_size, "lr": args.learning_rate,
                 "rank": args.lora_rank, "hldf_every": args.hldf_every, "hldf_steps": args.hldf_steps,
-                "generate_steps": args.generate_steps, "held-out prompts": sum(1 for _ in open(prompts))}
+                "generate_steps": args.generate_steps, "guidance": args.guidance, "held-out prompts": sum(1 for _ in open(prompts))}
     table = summarise(rows)
     (out / "results.json").write_text(json.dumps({"settings": settings, "runs": rows, "summary": table}, indent=1))
     (out / "results.md").write_text(markdown(table, settings))
