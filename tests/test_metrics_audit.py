@@ -135,7 +135,8 @@ def test_cli_writes_report_plots_and_flags_copies(dataset, tmp_path, capsys):
     assert report["color"]["distance"]["distance"] >= 0
     for name in report["plots"].values():
         assert (out / name).stat().st_size > 1000
-    assert {"color_histograms.png", "similarity_histograms.png", "nearest_neighbours.png"} <= set(report["plots"].values())
+    assert {"color_histograms.png", "similarity_histograms.png", "nearest_neighbours.png",
+            "class_samples.png"} <= set(report["plots"].values())
     markdown = (out / "report.md").read_text()
     assert "## Memorisation audit" in markdown and "2 of 11 generated images" in markdown
     # The saved classifier is reused by a second run: same domain features, same FD.

@@ -98,3 +98,30 @@ def bar_chart(values: dict[str, float], path: Path, title: str, ylabel: str) -> 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def class_samples(rows: list[dict], load, path: Path, thumb: float = 1.1) -> Path:
+    """One row per class: held-out real images, then generated images asked for that class, each
+    titled with what the real-trained classifier called it (green: the asked class, red: not)."""
+    plt = _pyplot()
+    columns = max(len(row["real"]) + len(row["fake"]) for row in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * thumb + 1.2, len(rows) * (thumb + 0.25) + 0.5),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        cells = [(image_path, "real", "black") for image_path in row["real"]]
+        cells += [(image_path, f"→ {predicted}", "green" if predicted == row["label"] else "red")
+                  for image_path, predicted in row["fake"]]
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(cells):
+                image_path, title, colour = cells[c]
+                ax.imshow(load(image_path))
+                ax.set_title(title, fontsize=6, color=colour)
+        axes[r][0].text(-0.1, 0.5, row["label"], transform=axes[r][0].transAxes, fontsize=7, ha="right",
+                        va="center")
+    fig.suptitle("held-out real (left) and generated (right, marked with the classifier's call)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -281,6 +281,25 @@ def _conditional_section(ctx) -> None:
         report["plots"]["conditional"] = plots.bar_chart(
             {k: v["accuracy"] for k, v in section["per_class"].items()}, ctx["out"] / "conditional_accuracy.png",
             "conditional accuracy (classifier trained on real)", "accuracy").name
+        report["plots"]["class_samples"] = _class_samples(ctx, fake_pred, classes).name
+
+
+def _class_samples(ctx, fake_pred, classes, per_side: int = 4):
+    """`per_side` held-out real and generated images of every class the prompts asked for, spread
+    evenly over each list (neighbouring slices look alike)."""
+    from medart_core.data import load_rgb
+    from medart_core.metrics import plots
+
+    def spread(items):
+        return [items[i * len(items) // per_side] for i in range(min(per_side, len(items)))]
+
+    real, fake = ctx["real"], ctx["fake"]
+    rows = []
+    for label in sorted({l for l in fake.labels if l in classes}):
+        asked = spread([i for i, l in enumerate(fake.labels) if l == label])
+        rows.append({"label": label, "real": spread([record.path for record in real.records if record.label == label]),
+                     "fake": [(fake.records[i].path, classes[int(fake_pred[i])]) for i in asked]})
+    return plots.class_samples(rows, load_rgb, ctx["out"] / "class_samples.png")
 
 
 def _classify_section(ctx) -> None:
