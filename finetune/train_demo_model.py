@@ -45,7 +45,7 @@ from medart_core.pipeline import AdapterPaths, LoadedModel, Precision, PromptEnc
 from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline, train_t5_tokenizer
 from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampler, cache_latents
 
-CARD_GUIDANCE = 2.0
+CARD_GUIDANCE = 3.0
 
 DEMO_CONFIG = ScratchConfig(
     image_size=64,
@@ -115,18 +115,20 @@ A **tiny PixArt-alpha-architecture pipeline** (diffusers `save_pretrained` folde
 `PixArtTransformer2DModel`, `AutoencoderKL`, `T5EncoderModel`, `T5Tokenizer` and
 `DPMSolverMultistepScheduler` classes) trained **from scratch** on the train split of the bundled
 demo dataset (`assets/demo/train`, {n_images} real images, 6 classes) at {DEMO_CONFIG.image_size}x{DEMO_CONFIG.image_size} px,
-so that `python app.py` works offline. It is not a medical tool and not PixArt-alpha: a
-{millions["transformer"]}-parameter transformer ({DEMO_CONFIG.transformer_layers} layers,
-{DEMO_CONFIG.attention_heads * DEMO_CONFIG.attention_head_dim} wide), a {millions["vae"]}-parameter VAE ({latent} latents) and a
-{millions["text_encoder"]}-parameter random, frozen T5 with a sentencepiece tokenizer trained on the demo captions.
-Weights stored in fp16.
+so that `python app.py` works offline. It is not a medical tool and not PixArt-alpha:
+a {millions["transformer"]}-parameter transformer ({DEMO_CONFIG.transformer_layers} layers, \
+{DEMO_CONFIG.attention_heads * DEMO_CONFIG.attention_head_dim} wide), a {millions["vae"]}-parameter VAE \
+({latent} latents) and a {millions["text_encoder"]}-parameter random, frozen T5 with a sentencepiece tokenizer
+trained on the demo captions. Weights stored in fp16.
 
-Sample with guidance {guidance:g} and 20 DPM-Solver++ steps (the defaults the app and
-`python -m medart_core generate` read from this card): PixArt-alpha's 4.5 over-saturates a model this small.
+Sample with guidance {guidance:g} and 20 DPM-Solver++ steps: the defaults the app and
+`python -m medart_core generate` read from this card, chosen by
+`finetune/experiments/guidance_sweep.py` on train-split prompts (PixArt-alpha's usual 4.5 is
+not what a model this small wants).
 
-Made in {seconds / 60:.0f} minutes on one CPU core (one thread; a second is left free) by:
+Made in {seconds / 60:.0f} minutes on 2 CPU cores by:
 
-    OMP_NUM_THREADS=1 {how}
+    OMP_NUM_THREADS=2 {how}
 
 `train_config.json` has the exact settings, `training_log.jsonl` the VAE and transformer losses,
 `evaluation/` the evaluation against the held-out test split (summarised in the project README,
