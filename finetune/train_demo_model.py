@@ -100,7 +100,8 @@ def command(args: argparse.Namespace) -> str:
     return "python finetune/train_demo_model.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
 
 
-def write_model_card(out: Path, how: str, n_params: dict, n_images: int, seconds: int, guidance: float) -> None:
+def write_model_card(out: Path, how: str, n_params: dict, n_images: int, seconds: int, guidance: float,
+                     threads: int) -> None:
     """README.md in the Hub's format; `inference.parameters` is where the app and `generate` read
     this model's sampling defaults (medart_core.model_card)."""
     data = ModelCardData(library_name="diffusers", pipeline_tag="text-to-image",
@@ -126,9 +127,9 @@ Sample with guidance {guidance:g} and 20 DPM-Solver++ steps: the defaults the ap
 `finetune/experiments/guidance_sweep.py` on train-split prompts (PixArt-alpha's usual 4.5 is
 not what a model this small wants).
 
-Made in {seconds / 60:.0f} minutes on 2 CPU cores by:
+Made in {seconds / 60:.0f} minutes on the CPU with {threads} thread(s) by:
 
-    OMP_NUM_THREADS=2 {how}
+    OMP_NUM_THREADS={threads} {how}
 
 `train_config.json` has the exact settings, `training_log.jsonl` the VAE and transformer losses,
 `evaluation/` the evaluation against the held-out test split (summarised in the project README,
@@ -139,7 +140,7 @@ Made in {seconds / 60:.0f} minutes on 2 CPU cores by:
     ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").save(out / "README.md")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="assets/demo", help="demo imagefolder (default: assets/demo)")
     parser.add_argument("--out", default="assets/demo_model", help="output pipeline folder (default: assets/demo_model)")
@@ -155,7 +156,7 @@ def main() -> None:
                         help="guidance scale the model card recommends, read by the app and `generate` as their "
                              f"default (default: {CARD_GUIDANCE}, the best of a sweep on train-split prompts, see the "
                              "README)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +232,7 @@ def main() -> None:
     n_params = {name: sum(p.numel() for p in module.parameters())
                 for name, module in (("transformer", pipe.transformer), ("vae", pipe.vae), ("text_encoder", pipe.text_encoder))}
     write_model_card(out, command(args), n_params, len(dataset.records) // 2, round(time.time() - started),
-                     args.card_guidance)
+                     args.card_guidance, torch.get_num_threads())
     print(json.dumps({"parameters": n_params, "scaling_factor": scaling, "seconds": round(time.time() - started)}))
 
 

@@ -48,3 +48,20 @@ def test_demo_model_generates_an_image_in_seconds_on_cpu():
     pixels = np.asarray(images[0], dtype=np.float32)
     assert images[0].size == (64, 64) and pixels.std() > 5
     assert pixels[..., 0].mean() > pixels[..., 2].mean()  # a fundus is red/orange, not blue
+
+
+def test_demo_trainer_writes_a_loadable_pipeline_with_its_card_and_log(tmp_path):
+    """train_demo_model.py end to end at a few steps: the folder it writes is what the app loads."""
+    from finetune.train_demo_model import CARD_GUIDANCE, main
+    from medart_core.model_card import sampling_defaults
+    from medart_core.pipeline import Precision, load_pipeline
+
+    out = tmp_path / "demo_model"
+    main(["--data", str(DEMO_DATA), "--out", str(out), "--vae-steps", "2", "--steps", "2", "--batch-size", "4"])
+    assert sampling_defaults(out).guidance == CARD_GUIDANCE
+    config = json.loads((out / "train_config.json").read_text())
+    assert config["images"] == len(rows("train")) and "--steps 2" in config["command"]
+    stages = {json.loads(line)["stage"] for line in (out / "training_log.jsonl").read_text().splitlines()}
+    assert stages == {"vae", "transformer"}
+    model = load_pipeline(out, precision=Precision.choose("cpu"))
+    assert model.pipe.transformer.config.in_channels == model.pipe.vae.config.latent_channels
