@@ -26,6 +26,16 @@ from medart_core.metrics.color import ColorStats, color_distance
 from medart_core.metrics.sets import iter_batches, load_resized, load_set
 
 
+def scales(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"guidance scales must be >= 1 (1 turns guidance off), got {text!r}")
+    return values
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/demo_model", help="pipeline folder or hub id (default: assets/demo_model)")
@@ -33,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", default="assets/demo",
                         help="imagefolder with a train/ split (captions and labels); only train/ is used "
                              "(default: assets/demo)")
-    parser.add_argument("--scales", default="1.5,2,3,4.5", help="comma-separated guidance scales (default: 1.5,2,3,4.5)")
+    parser.add_argument("--scales", type=scales, default=scales("1.5,2,3,4.5"),
+                        help="comma-separated guidance scales, each >= 1 (default: 1.5,2,3,4.5)")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps (default: 20)")
     parser.add_argument("--n", type=int, default=1, help="images per train caption and scale (default: 1)")
     parser.add_argument("--out", required=True, help="output folder; generated sets resume when rerun")
@@ -45,7 +56,7 @@ def balanced_accuracy(conditional: dict) -> float:
     return sum(per_class) / len(per_class)
 
 
-def score(generated: Path, train_set, train_colour: dict, classifier) -> dict:
+def score(generated: Path, train_colour: dict, classifier) -> dict:
     """Conditional accuracy (per class and balanced) and colour distance of one generated set."""
     fake = load_set("synthetic", generated, ("train",))
     images = load_resized(fake, classifier.config.image_size, progress=False)
@@ -72,13 +83,13 @@ def main(argv=None) -> None:
     prompts = Path(train_set.root, train_set.split or "", "metadata.jsonl")
     lora = ["--lora", args.lora] if args.lora else []
     results = []
-    for scale in [float(s) for s in args.scales.split(",")]:
+    for scale in args.scales:
         generated = out / f"guidance-{scale:g}"
         command = ["generate", "--model", args.model, *lora, "--prompts", str(prompts), "--n", str(args.n),
                    "--steps", str(args.steps), "--guidance", str(scale), "--out", str(generated)]
         if medart(command) != 0:
             raise SystemExit(f"failed: python -m medart_core {' '.join(command)}")
-        results.append({"guidance": scale, **score(generated, train_set, train_colour, classifier)})
+        results.append({"guidance": scale, **score(generated, train_colour, classifier)})
     best = max(results, key=lambda r: (round(r["balanced_accuracy"], 3), -r["colour_distance"]))
     (out / "results.json").write_text(json.dumps({"settings": vars(args), "results": results, "best": best["guidance"]},
                                                  indent=1))
