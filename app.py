@@ -456,8 +456,10 @@ def build_demo(app: App):
                         seed = gr.Number(label="Seed", value=0, precision=0)
                         count = gr.Slider(1, 8, value=2, step=1, label="Images")
                     with gr.Row():
-                        steps = gr.Slider(1, 50, value=app.generator.defaults.steps, step=1, label="Steps (DPM-Solver++)")
-                        guidance = gr.Slider(1.0, 10.0, value=app.generator.defaults.guidance, step=0.5,
+                        defaults = app.generator.defaults
+                        steps = gr.Slider(1, max(50, defaults.steps), value=defaults.steps, step=1,
+                                          label="Steps (DPM-Solver++)")
+                        guidance = gr.Slider(1.0, max(10.0, defaults.guidance), value=defaults.guidance, step=0.5,
                                              label="Guidance")
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 with gr.Column():
@@ -471,7 +473,8 @@ def build_demo(app: App):
                 compare_label = gr.Dropdown(labels[1:], value=labels[1] if len(labels) > 1 else None, label="Class")
                 compare_prompt = gr.Textbox(label="Description (empty: an approved one of the class, else any)", scale=2)
                 compare_count = gr.Slider(1, 8, value=4, step=1, label="Images per side")
-                compare_steps = gr.Slider(1, 50, value=app.generator.defaults.steps, step=1, label="Steps")
+                compare_steps = gr.Slider(1, max(50, app.generator.defaults.steps), value=app.generator.defaults.steps,
+                                          step=1, label="Steps")
             compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
             compare_used = gr.Markdown()
             with gr.Row():

@@ -48,8 +48,11 @@ def sampling_defaults(model: str | Path | None) -> SamplingDefaults:
 
     try:
         parameters = (ModelCard.load(card_path).data.to_dict().get("inference") or {}).get("parameters") or {}
-        return SamplingDefaults(guidance=float(parameters.get("guidance_scale", DEFAULT_GUIDANCE)),
-                                steps=int(parameters.get("num_inference_steps", DEFAULT_STEPS)))
+        defaults = SamplingDefaults(guidance=float(parameters.get("guidance_scale", DEFAULT_GUIDANCE)),
+                                    steps=int(parameters.get("num_inference_steps", DEFAULT_STEPS)))
+        if defaults.guidance < 1 or defaults.steps < 1:
+            raise ValueError(f"guidance_scale must be >= 1 and num_inference_steps >= 1, got {defaults}")
+        return defaults
     except (ValueError, TypeError, AttributeError) as error:
         logger.warning("ignoring the sampling settings in %s: %s", card_path, error)
         return SamplingDefaults()

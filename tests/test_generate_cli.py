@@ -158,5 +158,7 @@ def test_a_card_without_or_with_bad_sampling_settings_keeps_pixart_defaults(tiny
     assert sampling_defaults(plain) == SamplingDefaults()
     bad = with_card(tiny_pipeline_dir, tmp_path / "bad", "inference:\n  parameters:\n    guidance_scale: strong\n")
     assert sampling_defaults(bad) == SamplingDefaults()
+    negative = with_card(tiny_pipeline_dir, tmp_path / "negative", "inference:\n  parameters:\n    guidance_scale: 0.5\n")
+    assert sampling_defaults(negative) == SamplingDefaults()
     assert "ignoring the sampling settings" in caplog.text
     assert sampling_defaults("no-such-org/no-such-model") == SamplingDefaults()  # offline, not cached
