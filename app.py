@@ -329,21 +329,10 @@ def generate_files(app: App, prompt: str, label: str | None, seed: int, steps: i
 def colour_comparison(real_paths: list[Path], fake_paths: list[str], figure: Path, title: str):
     """Per-channel histograms (figure) and a table of channel means/stds, real vs generated, from
     medart_core.metrics (the statistics HLDF's colour loss trains on)."""
-    import numpy as np
-    import torch
-
-    from medart_core.data import load_rgb
-    from medart_core.metrics.color import CHANNELS, ColorStats, color_distance
+    from medart_core.metrics.color import CHANNELS, color_distance, summarise_files
     from medart_core.metrics.plots import color_histograms
 
-    def summary(paths):
-        stats = ColorStats(len(paths))
-        for i, path in enumerate(paths):
-            pixels = torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1).unsqueeze(0)
-            stats.add([i], pixels)
-        return stats.summary()
-
-    real, fake = summary(real_paths), summary(fake_paths)
+    real, fake = summarise_files(real_paths), summarise_files(fake_paths)
     color_histograms(real, fake, figure, title=title)
     table = [[c, round(real["mean"][c], 4), round(fake["mean"][c], 4), round(real["std"][c], 4), round(fake["std"][c], 4)]
              for c in CHANNELS]

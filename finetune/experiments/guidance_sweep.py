@@ -22,8 +22,8 @@ from pathlib import Path
 from medart_core.__main__ import main as medart
 from medart_core.metrics.classifier import (ClassifierConfig, conditional_accuracy, load_or_train_domain_classifier,
                                             predict)
-from medart_core.metrics.color import ColorStats, color_distance
-from medart_core.metrics.sets import iter_batches, load_resized, load_set
+from medart_core.metrics.color import color_distance, summarise_files
+from medart_core.metrics.sets import load_resized, load_set
 
 
 def scales(text: str) -> list[float]:
@@ -63,15 +63,8 @@ def score(generated: Path, train_colour: dict, classifier) -> dict:
     conditional = conditional_accuracy(predict(classifier.model, images, classifier.config.image_size),
                                        fake.labels, classifier.classes)
     return {"balanced_accuracy": balanced_accuracy(conditional), "accuracy": conditional["accuracy"],
-            "colour_distance": color_distance(train_colour, colour_summary(fake))["distance"],
+            "colour_distance": color_distance(train_colour, summarise_files(r.path for r in fake.records))["distance"],
             "per_class": {label: entry["accuracy"] for label, entry in conditional["per_class"].items()}}
-
-
-def colour_summary(image_set) -> dict:
-    stats = ColorStats(len(image_set))
-    for indices, batch in iter_batches(image_set, progress=False):
-        stats.add(indices, batch)
-    return stats.summary()
 
 
 def main(argv=None) -> None:
@@ -79,7 +72,7 @@ def main(argv=None) -> None:
     train_set = load_set("training", args.data, ("train",))
     out = Path(args.out)
     classifier = load_or_train_domain_classifier(out / "classifier", train_set, ClassifierConfig(), progress=False)
-    train_colour = colour_summary(train_set)
+    train_colour = summarise_files(r.path for r in train_set.records)
     prompts = Path(train_set.root, train_set.split or "", "metadata.jsonl")
     lora = ["--lora", args.lora] if args.lora else []
     results = []

@@ -79,17 +79,9 @@ def subset(data: Path, classes: list[str], out: Path) -> Path:
 
 def colour_histograms(folder: Path) -> np.ndarray:
     """Mean per-channel histogram (3 x 32, fractions) of every image in a folder."""
-    import torch
+    from medart_core.metrics.color import summarise_files
 
-    from medart_core.data import load_rgb
-    from medart_core.metrics.color import ColorStats
-
-    paths = sorted(p for p in folder.glob("*.png"))
-    stats = ColorStats(len(paths))
-    for i, path in enumerate(paths):
-        pixels = torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1)[None]
-        stats.add([i], pixels)
-    return stats.summary()["histogram"]
+    return summarise_files(sorted(folder.glob("*.png")))["histogram"]
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -46,6 +46,19 @@ class ColorStats:
                 "histogram": hist.mean(0)}
 
 
+def summarise_files(paths) -> dict:
+    """ColorStats summary of image files, each read as RGB at its own size: for callers that
+    hold paths rather than an ImageSet (the app's Compare tab, the experiments)."""
+    from medart_core.data import load_rgb
+    from medart_core.metrics.sets import to_uint8_tensor
+
+    paths = list(paths)
+    stats = ColorStats(len(paths))
+    for index, path in enumerate(paths):
+        stats.add([index], to_uint8_tensor(load_rgb(path))[None])
+    return stats.summary()
+
+
 def color_distance(real: dict, fake: dict) -> dict:
     """|difference| of channel means and stds, their average over channels (`distance`, the
     colour-loss quantity), and the 1-D Wasserstein distance between channel histograms (0..1 units)."""
