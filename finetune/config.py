@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from medart_core.bases import supported
 from medart_core.errors import MedArtError
+from medart_core.model_presets import preset_help
 
 
 def option(default, help: str):
@@ -25,7 +27,9 @@ def option(default, help: str):
 @dataclass
 class TrainConfig:
     # what to train on, and where results go
-    model: str = option("PixArt-alpha/PixArt-XL-2-512x512", "base pipeline: hub id or local save_pretrained folder")
+    model: str = option("PixArt-alpha/PixArt-XL-2-512x512",
+                        f"base pipeline: a preset ({preset_help()}), or a hub id or local save_pretrained folder "
+                        f"of a supported pipeline ({supported()})")
     data: str = option("", "imagefolder with metadata.jsonl (file_name, text); its train/ split when it has one")
     output_dir: str = option("runs/medart-lora", "adapters, checkpoints, logs and model card go here")
     # data
@@ -141,7 +145,7 @@ def _option_type(annotation):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="LoRA + HLDF fine-tuning of PixArt-alpha. Run with `accelerate launch finetune/train.py "
+        description="LoRA + HLDF fine-tuning of PixArt-alpha or PixArt-Sigma. Run with `accelerate launch finetune/train.py "
                     "--config CONFIG.yaml [--key value ...]`: options override the config file.")
     parser.add_argument("--config", help="YAML file with any of the keys below")
     parser.add_argument("--plan", nargs="?", const="auto", choices=["auto", "cpu", "cuda"],

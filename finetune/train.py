@@ -1,8 +1,8 @@
-"""LoRA + HLDF fine-tuning of PixArt-alpha.
+"""LoRA + HLDF fine-tuning of a supported base (PixArt-alpha or PixArt-Sigma; medart_core.bases).
 
     accelerate launch finetune/train.py --config finetune/configs/paper.yaml [--key value ...]
 
-The story, top to bottom: config -> models (frozen PixArt-alpha + LoRA adapters) -> data ->
+The story, top to bottom: config -> models (frozen base + LoRA adapters) -> data ->
 optimizer -> resume -> loop -> save. Each optimizer step trains on the latent noise-prediction
 loss; every `hldf_every` steps, Hybrid-Level Diffusion Fine-tuning also samples an image per real
 image with the shared DPM-Solver++ loop *with gradients*, decodes it to pixels and adds a
@@ -43,8 +43,9 @@ from medart_core.generation import GenerationSettings, generate_images, process_
 from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS, add_lora, lora_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER, EmbeddingStore, text_cache_key
 from medart_core.losses import channel_statistics, color_distribution_loss_to_statistics, noise_prediction_loss
-from medart_core.pipeline import (MAX_PROMPT_TOKENS, TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths,
-                                  LoadedModel, Precision, PromptEncoder, load_pipeline)
+from medart_core.lora_file import LORA_FILE, write_lora_file
+from medart_core.pipeline import (TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths, LoadedModel, Precision,
+                                  PromptEncoder, load_pipeline)
 from medart_core.sampling import TextConditioning, decode_latents, dpm_solver_sample, micro_conditions, predict_noise
 from medart_core.training_data import (ImageCaptionDataset, ResumableShuffleSampler, cache_latents,
                                        cached_colour_statistics, sample_cached_latents)
@@ -70,7 +71,7 @@ def training_precision(device: torch.device, mixed_precision: str) -> Precision:
 
 
 def build_models(config: TrainConfig, precision: Precision):
-    """PixArt-alpha with a trainable LoRA on the transformer (and optionally on T5); all else frozen."""
+    """The base pipeline with a trainable LoRA on the transformer (and optionally on T5); all else frozen."""
     loaded = load_pipeline(config.model, precision=precision, prompt_cache_size=0,
                            text_encoder_quantization=config.text_encoder_quantization)
     pipe = loaded.pipe
@@ -189,7 +190,7 @@ def prepare_cached_inputs(models, images, prompts, config, accelerator):
         elif config.cache:
             logger.info("latents are not cached with random crops (center_crop false): the VAE runs every step")
         if config.caches_text:
-            store = EmbeddingStore(cache_dir, text_cache_key(pipe, config.model, max_tokens=MAX_PROMPT_TOKENS,
+            store = EmbeddingStore(cache_dir, text_cache_key(pipe, config.model, max_tokens=models.base.max_prompt_tokens,
                                                              clean_caption=True,
                                                              quantization=config.text_encoder_quantization))
             PromptEncoder(pipe, store=store).precompute(prompts)
@@ -217,9 +218,13 @@ def average_gradients(parameters: list[torch.Tensor], accelerator: Accelerator) 
 
 
 def save_adapters(folder: Path, transformer_lora, text_encoder_lora) -> None:
+    """PEFT folders, and the same adapters as one file in diffusers' LoRA layout (medart_core.lora_file)."""
     transformer_lora.save_pretrained(folder / TRANSFORMER_ADAPTER)
+    adapters = {"transformer": transformer_lora}
     if text_encoder_lora is not None:
         text_encoder_lora.save_pretrained(folder / TEXT_ENCODER_ADAPTER)
+        adapters["text_encoder"] = text_encoder_lora
+    write_lora_file(folder, adapters)
 
 
 def save_checkpoint(output_dir: Path, state: dict, transformer_lora, text_encoder_lora, keep: int) -> Path:
@@ -290,24 +295,27 @@ def run_validation(models, config, prompts, seeds, step, output_dir, accelerator
     return folder
 
 
-def write_model_card(output_dir: Path, config: TrainConfig, summary: dict) -> None:
+def write_model_card(output_dir: Path, config: TrainConfig, summary: dict, base_name: str) -> None:
     figures = "\n".join(f"| {key} | {value} |" for key, value in summary.items())
     (output_dir / "README.md").write_text(f"""---
 base_model: {config.model}
 library_name: peft
-tags: [medart, pixart-alpha, lora, hldf, medical-imaging, text-to-image]
+tags: [medart, {base_name.lower()}, lora, hldf, medical-imaging, text-to-image]
 ---
 
 # Med-Art LoRA adapters for {config.model}
 
 LoRA adapters (PEFT) for the transformer{' and the T5 text encoder' if config.train_text_encoder_lora else ''} of
-`{config.model}`, fine-tuned by Med-Art on `{config.data}` with
+`{config.model}` ({base_name}), fine-tuned by Med-Art on `{config.data}` with
 {'Hybrid-Level Diffusion Fine-tuning (colour loss every ' + str(config.hldf_every) + ' steps)' if config.hldf_every else 'the noise-prediction loss only (HLDF off)'}.
 
 **Not for clinical use.** Images generated with these adapters are synthetic: they are not
 patient images and must not be used for diagnosis.
 
 Use: `python -m medart_core generate --model {config.model} --lora {output_dir} --prompt "..." --out DIR`
+
+The same adapters as one file in diffusers' LoRA layout, with the LoRA config in its header:
+`{LORA_FILE}` (`--lora {output_dir}/{LORA_FILE}` loads it too).
 
 ## Figures
 
@@ -469,7 +477,7 @@ def train(config: TrainConfig) -> Path:
                    "processes": accelerator.num_processes, "mixed precision": accelerator.mixed_precision,
                    "wall time this run (s)": round(time.time() - started, 1),
                    **{k: round(v, 6) for k, v in last_logs.items() if isinstance(v, float)}}
-        write_model_card(output_dir, config, summary)
+        write_model_card(output_dir, config, summary, models.base.name)
         logger.info("adapters in %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
