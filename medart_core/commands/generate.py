@@ -8,11 +8,17 @@ HELP = "generate synthetic images (imagefolder + metadata.jsonl), resumable, sha
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from medart_core.bases import supported
+    from medart_core.model_presets import preset_help
+
     parser.add_argument("--model", required=True,
-                        help="PixArt-alpha pipeline: a hub id (e.g. PixArt-alpha/PixArt-XL-2-512x512) or a local save_pretrained folder")
+                        help=f"base pipeline: a preset ({preset_help()}), or a hub id or local save_pretrained folder "
+                             f"of a supported pipeline ({supported()})")
     parser.add_argument("--lora", default=None,
-                        help="LoRA adapter: one PEFT folder for the transformer, or a training output folder "
-                             "(its transformer_lora/ and, if present, text_encoder_lora/ are used)")
+                        help="LoRA adapter: one PEFT folder for the transformer, a training output folder "
+                             "(its transformer_lora/ and, if present, text_encoder_lora/ are used), or a single-file "
+                             "LoRA (.safetensors in diffusers' layout, e.g. a training output's "
+                             "pytorch_lora_weights.safetensors)")
     parser.add_argument("--text-encoder-lora", default=None, help="PEFT adapter folder for the T5 text encoder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt (use --n for several images of it)")
