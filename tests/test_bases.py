@@ -219,3 +219,4 @@ def test_app_generates_and_compares_on_sigma(tiny_sigma_dir, tiny_train_data, tm
     finally:
         demo.close()
         opened.store.close()
+
