@@ -326,6 +326,9 @@ Use: `python -m medart_core generate --model {config.model} --lora {output_dir} 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -132,6 +132,9 @@ def plot(histograms: dict[str, np.ndarray], path: Path) -> None:
 
 
 def main() -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/demo_model", help="base pipeline (default: assets/demo_model)")
     parser.add_argument("--data", default="assets/demo", help="imagefolder with train/ and test/ (default: assets/demo)")
