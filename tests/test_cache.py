@@ -17,8 +17,8 @@ from finetune.config import load_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER
 from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images
-from medart_core.losses import channel_statistics, color_distribution_loss, image_channel_statistics, \
-    pool_channel_statistics
+from medart_core.losses import channel_statistics, color_distribution_loss, hldf_color_loss, \
+    image_channel_statistics, pool_channel_statistics
 from medart_core.pipeline import Precision, load_pipeline
 from medart_core.training_data import ImageCaptionDataset, cache_latents
 
@@ -79,8 +79,8 @@ def test_cached_and_uncached_steps_give_the_same_losses(tiny_pipeline_dir, data_
     # HLDF's colour loss on cached statistics is the loss on the real pixels
     generated = torch.rand(2, 3, 32, 32)
     real = plain_batch["pixels"].float() / 2 + 0.5
-    assert train_module.color_distribution_loss_to_statistics(generated, *cached_colour).item() == pytest.approx(
-        color_distribution_loss(generated, real).item(), rel=1e-4)
+    pooled = hldf_color_loss(generated, *cached_colour, pixels_per_image=32 * 32, pairing="batch")
+    assert pooled.item() == pytest.approx(color_distribution_loss(generated, real).item(), rel=1e-4)
 
 
 def test_training_from_the_cache_logs_the_losses_of_uncached_training(tiny_pipeline_dir, data_copy, tmp_path):
