@@ -142,10 +142,11 @@ class VLMCaptioner:
         return [" ".join(text.split()) for text in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def load_local_first(model_id: str, load, what: str, advice: str):
-    """`load(local_files_only)` from the local cache (or folder) first and, online, from the hub:
-    an offline machine fails in seconds, not after minutes of download retries; HF_HUB_OFFLINE=1
-    skips the download attempt. Refuses with one message saying what to do."""
+def load_local_first(model_id: str, processor_class, model_class, *, dtype, what: str, advice: str):
+    """(processor, model) of `model_id` through two transformers Auto classes, from the local
+    cache (or folder) first and, online, from the hub: an offline machine fails in seconds, not
+    after minutes of download retries; HF_HUB_OFFLINE=1 skips the download attempt. Refuses with
+    one message saying what to do."""
     is_folder = Path(model_id).is_dir()
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     error: Exception | None = None
@@ -153,7 +154,8 @@ def load_local_first(model_id: str, load, what: str, advice: str):
         if not local_only:
             logger.info("%s is not in the local Hugging Face cache; downloading it (set HF_HUB_OFFLINE=1 to skip)", model_id)
         try:
-            return load(local_only)
+            return (processor_class.from_pretrained(model_id, local_files_only=local_only),
+                    model_class.from_pretrained(model_id, dtype=dtype, local_files_only=local_only))
         except Exception as err:  # OSError, ValueError, hub errors: all mean "not loadable here"
             error = err
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -173,11 +175,8 @@ def load_vlm(name: str = DEFAULT_VLM, *, device=None, dtype=None, max_new_tokens
     precision = Precision.choose(device, dtype)
     decoding = generation_preset(preset)
     processor, model = load_local_first(
-        model_id,
-        lambda local_only: (AutoProcessor.from_pretrained(model_id, local_files_only=local_only),
-                            AutoModelForImageTextToText.from_pretrained(model_id, dtype=precision.model_dtype,
-                                                                        local_files_only=local_only)),
-        "VLM", "pass a local folder with --vlm; to describe images without a VLM use --vlm fallback, or "
+        model_id, AutoProcessor, AutoModelForImageTextToText, dtype=precision.model_dtype, what="VLM",
+        advice="pass a local folder with --vlm; to describe images without a VLM use --vlm fallback, or "
                "--fallback-on-error")
     if getattr(processor, "chat_template", None) is None:
         raise MedArtError(f"the processor of {model_id!r} has no chat template; use an instruction-tuned VLM")

@@ -44,13 +44,11 @@ def load_simplifier(name: str, *, device=None, dtype=None) -> T5Simplifier:
     from medart_core.pipeline import Precision
 
     precision = Precision.choose(device, dtype)
+    # T5 in bf16 or fp32, never fp16 (it overflows there), as for PixArt's text encoder
     tokenizer, model = load_local_first(
-        name,
-        lambda local_only: (AutoTokenizer.from_pretrained(name, local_files_only=local_only),
-                            AutoModelForSeq2SeqLM.from_pretrained(name, dtype=precision.text_encoder_dtype,
-                                                                  local_files_only=local_only)),
-        "simplifier", "pass a local folder with --simplifier, or --simplifier none to cut over-long descriptions "
-                      "at sentence boundaries only")
+        name, AutoTokenizer, AutoModelForSeq2SeqLM, dtype=precision.text_encoder_dtype, what="simplifier",
+        advice="pass a local folder with --simplifier, or --simplifier none to cut over-long descriptions at "
+               "sentence boundaries only")
     model.to(precision.device).eval()
     logger.info("simplifier %s on %s", name, precision.device)
     return T5Simplifier(model, tokenizer, source=name)
