@@ -43,7 +43,7 @@ def _headline(report: dict) -> list[str]:
     if "kid" in report:
         rows.append(("KID (Inception)", _kid(report["kid"])))
     if "dfd" in report:
-        rows.append((f"distance in {report['dfd']['feature_space']}", _headline_distance(report["dfd"])))
+        rows.append(("distance in the feature space (below)", _headline_distance(report["dfd"])))
     if "color" in report:
         rows.append(("colour distance", _num(report["color"]["distance"].get("distance"))))
     if "conditional" in report:
@@ -140,7 +140,9 @@ def render(report: dict) -> str:
         dfd = report["dfd"]
         lines += [f"## Frechet distance and KID in {dfd['feature_space']}", "",
                   f"Where n ≤ D={dfd['feature_dim']} (marked {UNRELIABLE}) the covariance is singular and FD is biased "
-                  "upward: read KID there (unbiased at small n, ± its std over subsets).", "",
+                  "upward: read KID there (unbiased at small n). KID's ± is its std over subsets; a subset is never "
+                  "larger than the smaller set, so at small n it spans that whole set and the ± shows the other "
+                  "set's sampling only (0 when both sets have the same n).", "",
                   "| class | n real | n fake | FD | FD 95% CI | KID mean ± std |", "|---|---|---|---|---|---|"]
         rows = [("all", dfd)] + list(dfd.get("per_class", {}).items())
         for label, row in rows:
