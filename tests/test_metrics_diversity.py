@@ -116,3 +116,23 @@ def test_report_html_is_self_contained_and_names_every_metric_computed(runs):
     assert len(images) == len(report["plots"]) >= 6
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched: opens offline
+
+
+def test_frechet_distance_at_n_up_to_d_is_marked_and_kid_leads():
+    from medart_core.metrics.distances import set_distances
+    from medart_core.metrics.markdown import render
+
+    rng = np.random.default_rng(0)
+    big = set_distances(rng.normal(size=(40, 8)), rng.normal(size=(40, 8)), 0, 10, 0)
+    small = set_distances(rng.normal(size=(6, 8)), rng.normal(size=(6, 8)), 0, 10, 0)
+    assert big["fd_reliable"] is True and small["fd_reliable"] is False
+    report = {"inputs": {}, "settings": {}, "warnings": [], "skipped": {}, "plots": {},
+              "dfd": {"feature_space": "test space", "feature_dim": 8, **big, "per_class": {"rare": small}}}
+    lines = render(report).splitlines()
+    rare = next(line for line in lines if line.startswith("| rare |"))
+    overall = next(line for line in lines if line.startswith("| all |"))
+    assert "⚠ n ≤ D, unreliable" in rare and f"**{small['kid']['mean']:.4g} ±" in rare
+    assert "⚠" not in overall and "**" not in overall
+    assert any(line.startswith("- rare: n=6 <= feature dimension 8") for line in lines)
+    headline = next(line for line in lines if line.startswith("| distance in the feature space"))
+    assert headline.count("FD **") == 1  # reliable overall: FD leads
