@@ -123,8 +123,13 @@ def comparison_size(paths) -> int:
 
     sides = []
     for path in paths:
-        with Image.open(path) as image:
-            sides.append(min(image.size))
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, SyntaxError, ValueError):
+            continue  # the reading pass refuses a broken image by name, with the project's one-line error
+    if not sides:
+        raise ValueError("no readable generated image to take the comparison size from")
     size = min(min(sides), MAX_SIZE)
     msssim_settings(size)  # too small: the ValueError says why
     return size
