@@ -149,6 +149,7 @@ class MemoryPlan:
     device: str
     parameters: dict[str, int]
     base: Base | None = None
+    prompt_tokens: int = 0  # T5 tokens a caption reaches the model with (max_prompt_tokens, else the base's limit)
     rows: dict[str, int] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -173,8 +174,8 @@ class MemoryPlan:
         gib = lambda n: f"{n / GIB:8.2f} GiB"  # noqa: E731
         p = self.parameters
         lines = [f"memory plan for {self.model} on {self.device} (estimate; no weights were loaded)",
-                 f"base: {self.base.name}, prompts up to {self.base.max_prompt_tokens} tokens "
-                 f"({self.base.text_encoder})" if self.base else "base: unknown",
+                 f"base: {self.base.name}, prompts up to {self.prompt_tokens} tokens of its "
+                 f"{self.base.text_encoder} (limit {self.base.max_prompt_tokens})" if self.base else "base: unknown",
                  f"parameters: transformer {p['transformer'] / 1e6:.1f}M, VAE {p['vae'] / 1e6:.1f}M, "
                  f"T5 {p['text_encoder'] / 1e6:.1f}M, LoRA {p['lora'] / 1e6:.2f}M"]
         labels = {"transformer": "transformer weights", "vae": "VAE weights", "text_encoder": "T5 weights during the loop",
@@ -199,7 +200,7 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     base, configs = read_component_configs(config.model)
     transformer, vae, text_encoder = empty_models(configs)
-    prompt_tokens = base.max_prompt_tokens
+    prompt_tokens = config.max_prompt_tokens or base.max_prompt_tokens
     model_bytes, text_bytes = _dtype_bytes(config.mixed_precision, device)
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     lora = lora_tensor_sizes(transformer, TRANSFORMER_TARGETS, config.lora_rank)
@@ -207,7 +208,7 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
         lora += lora_tensor_sizes(text_encoder, TEXT_ENCODER_TARGETS, config.text_encoder_lora_rank or config.lora_rank)
     plan = MemoryPlan(config.model, device, {"transformer": count(transformer), "vae": count(vae),
                                              "text_encoder": count(text_encoder), "lora": sum(lora)},
-                      base=base)
+                      base=base, prompt_tokens=prompt_tokens)
     rows, notes = plan.rows, plan.notes
     rows["transformer"] = count(transformer) * model_bytes
     rows["vae"] = count(vae) * model_bytes

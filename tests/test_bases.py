@@ -181,10 +181,12 @@ def test_a_preset_takes_its_transformer_and_its_other_components_from_two_reposi
 
 def test_memory_plan_per_base(tiny_sigma_dir):
     def plan(model, *extra):
-        return memory_plan(load_config(["--config", "finetune/configs/paper.yaml", "--model", model, *extra]), "cuda")
+        return memory_plan(load_config(["--config", "finetune/configs/recommended.yaml", "--model", model, *extra]),
+                           "cuda")
 
     alpha, sigma = plan("PixArt-alpha/PixArt-XL-2-512x512"), plan("PixArt-alpha/PixArt-Sigma-XL-2-512-MS")
     assert sigma.base.name == "PixArt-Sigma" and "prompts up to 300 tokens" in sigma.report()
+    assert "prompts up to 120 tokens" in plan("PixArt-alpha/PixArt-Sigma-XL-2-512-MS", "--max_prompt_tokens", "120").report()
     assert sigma.parameters == alpha.parameters  # the same architecture ...
     assert sigma.rows["activations"] > alpha.rows["activations"]  # ... attending to 300 prompt tokens, not 120
     alpha_1024 = plan("PixArt-alpha/PixArt-XL-2-1024-MS", "--resolution", "1024")
