@@ -122,6 +122,12 @@ class ImageRecord:
     text: str | None = None
     row: dict = field(default_factory=dict)  # the whole metadata row, other columns included
 
+    @property
+    def data_root(self) -> Path:
+        """The dataset folder (above the split folder): what a row's relative paths are inside."""
+        folder = Path(*self.path.parts[: len(self.path.parts) - len(Path(self.file_name).parts)])
+        return folder.parent if self.split else folder
+
 
 def split_folders(root: str | Path) -> list[tuple[str | None, Path]]:
     """(split, folder) pairs: train/, validation/, test/ when present, else the root itself."""

@@ -20,6 +20,7 @@ from typing import Callable
 from medart_core.data import METADATA_FILE, SPLIT_NAMES, ImageRecord, load_rgb, scan_imagefolder, write_metadata_jsonl
 from medart_core.errors import MedArtError
 from medart_core.store.review import HUMAN, Entry, ReviewStore
+from medart_core.text_limits import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +118,9 @@ def import_dataset(store: ReviewStore, root: str | Path, *, author: str, describ
         if describe is None:
             raise MedArtError(f"{len(needs_text)} images in {root} have no description (e.g. {needs_text[0].file_name}); "
                               "caption them first (python -m medart_core caption) or import them with a captioner")
-        for record, result in zip(needs_text, describe(needs_text)):
-            described[str(record.path)] = result
+        described = _describe_in_chunks(describe, needs_text, summary.skipped)
+        waiting = {str(record.path) for record in needs_text}
+        new = [item for item in new if str(item[0].path) not in waiting or str(item[0].path) in described]
     rows = []
     for record, key, digest in new:
         row = record.row
@@ -126,22 +128,52 @@ def import_dataset(store: ReviewStore, root: str | Path, *, author: str, describ
             text, source, rule = described[str(record.path)]
         else:
             text, source, rule = record.text, row.get("source") or HUMAN, row.get("rule") or ""
+        try:
+            text = check_text(text, f"the description of {key}")
+        except MedArtError as err:  # e.g. a NUL in a caption file: that row only
+            logger.warning("skipped %s", err)
+            summary.skipped.append(str(err))
+            continue
         rows.append({
             "key": key, "split": record.split or "", "file_name": record.file_name, "path": str(record.path),
             "content_hash": digest, "label": record.label, "simple_caption": row.get("simple_caption") or None,
             "source_file": row.get("source_file") or None, "slice": _slice(row.get("slice"), key),
             "extra": {k: v for k, v in row.items() if k not in _STORED},
-            "text": " ".join(str(text).split()), "source": str(source), "rule": str(rule or ""),
+            "text": text, "source": str(source), "rule": str(rule or ""),
         })
     summary.added = store.add(rows, author=author)
     return summary
+
+
+DESCRIBE_CHUNK = 8  # images decoded at once while a batch is described (a VLM batches about this many)
+
+
+def _describe_in_chunks(describe: Describer, records: list[ImageRecord], skipped: list[str]) -> dict[str, tuple]:
+    """{path: (text, source, rule)}, describing DESCRIBE_CHUNK images at a time, so a large upload
+    never holds all its decoded images at once. A chunk that fails is retried image by image and
+    an image that still fails (its modality refused, say) is skipped with its message."""
+    described: dict[str, tuple[str, str, str]] = {}
+    for start in range(0, len(records), DESCRIBE_CHUNK):
+        chunk = records[start: start + DESCRIBE_CHUNK]
+        try:
+            results = list(zip(chunk, describe(chunk)))
+        except MedArtError:
+            results = []
+            for record in chunk:
+                try:
+                    results += list(zip([record], describe([record])))
+                except MedArtError as err:
+                    logger.warning("skipped %s", err)
+                    skipped.append(str(err))
+        described.update((str(record.path), result) for record, result in results)
+    return described
 
 
 def caption_describer(captioner, *, modality: str | None = None, max_retries: int = 2) -> Describer:
     """A Describer from a VSG captioner (a VLM or the offline FallbackCaptioner): the same
     templates, validation and retries as `python -m medart_core caption`."""
     from medart_core.caption_validation import Rules, estimate_t5_tokens
-    from medart_core.caption_templates import load_template
+    from medart_core.caption_templates import load_row_template, load_template
     from medart_core.captioning import CaptionRequest, describe_batch
     from medart_core.data import load_rgb
 
@@ -151,7 +183,10 @@ def caption_describer(captioner, *, modality: str | None = None, max_retries: in
             name = record.row.get("modality") or modality
             if not name:
                 raise MedArtError(f"{record.file_name}: no modality; choose one (it picks the description template)")
-            template = load_template(str(name))
+            try:  # a row's modality comes with the data: a built-in name or a template file inside its folder
+                template = load_row_template(name, record.data_root) if record.row.get("modality") else load_template(name)
+            except MedArtError as err:
+                raise MedArtError(f"{record.file_name}: {err}") from None
             simple = record.row.get("simple_caption") or (template.simple_caption_for(record.label) if record.label else "")
             if not simple:
                 raise MedArtError(f"{record.file_name}: no label; give the images a label")
