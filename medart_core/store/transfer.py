@@ -9,16 +9,16 @@ the model is trained on.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from medart_core.data import METADATA_FILE, SPLIT_NAMES, ImageRecord, load_rgb, scan_imagefolder, write_metadata_jsonl
 from medart_core.errors import MedArtError
+from medart_core.image_privacy import IMAGES_KEY, clean_copy, record_removed
+from medart_core.medical_io import REPORT_FILE
 from medart_core.store.review import HUMAN, Entry, ReviewStore
 from medart_core.text_limits import check_text
 
@@ -225,23 +225,24 @@ def export_rows(entries: list[Entry]) -> dict[str, list[dict]]:
     return by_split
 
 
-def _copy_atomic(source: Path, target: Path, expected_hash: str) -> bool:
-    """Copy an image into the export (temp file + rename), checking it is still the image that
-    was described. False when the target already holds those bytes."""
-    if target.exists() and (target.resolve() == source.resolve() or file_hash(target) == expected_hash):
+def _export_image(source: Path, target: Path, expected_hash: str, done: dict[str, dict], relative: str) -> bool:
+    """Write an image into the export re-encoded from its pixels, without metadata (checking it is
+    still the image that was described), and record in `done` what was removed. False when the
+    target already holds that image's clean copy (`done` says it was written from these bytes)."""
+    if target.exists() and target.resolve() == source.resolve():
+        # Exporting onto the data folder itself: the user's originals are never rewritten.
+        logger.warning("%s is exported in place: kept as it is, its metadata (if any) included", target)
+        return False
+    previous = done.get(relative)
+    if target.exists() and previous and previous.get("source_sha256") == expected_hash \
+            and previous.get("sha256") == file_hash(target):
         return False
     if file_hash(source) != expected_hash:
         raise MedArtError(f"{source} changed after it was described; import the data again (its description "
                           "gets flagged for review), then export")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    removed = clean_copy(source, target, str(source))
+    done[relative] = {"file_name": relative, "source_sha256": expected_hash, "sha256": file_hash(target),
+                      "removed": removed}
     return True
 
 
@@ -257,9 +258,18 @@ def _retire_stale_splits(out: Path, splits: set[str]) -> None:
                 logger.warning("%s is not part of this export and keeps its earlier descriptions", stale)
 
 
+def _reported_images(report: Path) -> list[dict]:
+    try:
+        entries = json.loads(report.read_text(encoding="utf-8")).get(IMAGES_KEY, [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("file_name"), str)]
+
+
 def export_dataset(store: ReviewStore, out: str | Path, *, approved_only: bool = True,
                    progress: Callable[[int, int], None] | None = None) -> ExportSummary:
-    """Write an imagefolder dataset to `out`: the images (copied unless already there) and
+    """Write an imagefolder dataset to `out`: the images (re-encoded from their pixels without
+    metadata, named in `out`/deidentification-report.json; unless already there) and
     `out/<split>/metadata.jsonl` per split. Each metadata file is replaced atomically and only
     after its images are in place, so a reader (or a killed export) sees the previous complete
     file or the new one; a metadata.csv beside it is kept as metadata.csv.orig, since
@@ -274,12 +284,17 @@ def export_dataset(store: ReviewStore, out: str | Path, *, approved_only: bool =
     if "" in splits and len(splits) > 1:
         raise MedArtError("the store mixes images with a split (train/, test/) and without; an imagefolder "
                           "cannot hold both: export from a store with one layout")
-    copied = 0
-    for number, entry in enumerate(entries, start=1):
-        folder = out / entry.split if entry.split else out
-        copied += _copy_atomic(entry.path, folder / entry.file_name, entry.content_hash)
-        if progress:
-            progress(number, len(entries))
+    copied, report = 0, out / REPORT_FILE
+    done = {e["file_name"]: e for e in _reported_images(report)}
+    try:
+        for number, entry in enumerate(entries, start=1):
+            folder = out / entry.split if entry.split else out
+            copied += _export_image(entry.path, folder / entry.file_name, entry.content_hash, done, entry.key)
+            if progress:
+                progress(number, len(entries))
+    finally:  # what was written so far stays recorded, even when an image fails midway
+        if done:
+            record_removed(report, list(done.values()))
     files, by_split = [], export_rows(entries)
     _retire_stale_splits(out, set(by_split))
     for split, rows in sorted(by_split.items()):
