@@ -422,18 +422,20 @@ def test_store_writes_refuse_long_invisible_and_control_text(corpus, tmp_path):
 
 
 def test_generation_refuses_nan_guidance_and_seeds_or_steps_out_of_range():
-    from medart_core.generation import MAX_SEED, GenerationSettings, generate_images, plan_jobs
+    from medart_core.generation import GenerationSettings, generate_images, plan_jobs
+
+    max_seed = 2**32 - 1  # generation.MAX_SEED
 
     for settings, expect in ((GenerationSettings(guidance=float("nan")), "guidance"),
                              (GenerationSettings(guidance=float("inf")), "guidance"),
                              (GenerationSettings(steps=2**70), "steps")):
         with pytest.raises(MedArtError, match=expect):
             generate_images(None, ["x"], [0], settings)  # refused before the model is touched
-    for seed in (2**70, -1, MAX_SEED + 1):
+    for seed in (2**70, -1, max_seed + 1):
         with pytest.raises(MedArtError, match="seed must be a whole number"):
             generate_images(None, ["x"], [seed], GenerationSettings())
     with pytest.raises(MedArtError, match="seed"):
-        plan_jobs([{"text": "x"}], 2, MAX_SEED)  # the second image's seed is over
+        plan_jobs([{"text": "x"}], 2, max_seed)  # the second image's seed is over
 
 
 def test_uploaded_and_exported_images_lose_their_metadata_and_the_report_names_it(corpus, tmp_path):
@@ -503,7 +505,7 @@ def test_an_upload_has_a_decoded_bytes_budget_and_is_described_a_few_images_at_a
     for i in range(10):
         images.append(tmp_path / f"{i}.png")
         Image.fromarray(np.full((64, 64, 3), 20 * i, dtype=np.uint8)).save(images[-1])
-    monkeypatch.setattr(uploads, "MAX_UPLOAD_DECODED_BYTES", 9 * 64 * 64 * 3)
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_DECODED_BYTES", 9 * 64 * 64 * 3, raising=False)
     problems: list[str] = []
     batch = uploads.stage_uploads(images, tmp_path / "up", split="train", label="x", modality="endoscopy",
                                   problems=problems)
