@@ -47,8 +47,11 @@ class GenerationSettings:
         return height, width
 
     def check(self) -> None:
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise MedArtError(f"steps must be between 1 and {MAX_STEPS}, got {str(self.steps)[:40]}")
+        if self.steps < 1:
+            raise MedArtError(f"steps must be at least 1, got {self.steps}")
+        if self.steps > MAX_STEPS:
+            raise MedArtError(f"steps must be at most {MAX_STEPS} (the scheduler's training timesteps), "
+                              f"got {str(self.steps)[:40]}")
         # NaN passes every comparison and silently gave an unguided image: refused, as is infinity.
         if not (isinstance(self.guidance, (int, float)) and math.isfinite(self.guidance) and self.guidance >= 0):
             raise MedArtError(f"guidance must be a finite number, 0 or more, got {self.guidance!r:.40}")
