@@ -3,7 +3,8 @@ the store imports (and the captioner describes), without touching the original d
 
 DICOM and NIfTI uploads are converted on arrival into de-identified PNG slices by the same
 function as `python -m medart_core convert` (medart_core.medical_io); other images are re-encoded
-from their pixels without metadata (medart_core.image_privacy); no original bytes are kept. Uploads are bounded in size and count, and archive paths are never trusted.
+from their pixels without metadata (medart_core.image_privacy); no original bytes are kept.
+Uploads are bounded in size, count and decoded bytes, and archive paths are never trusted.
 """
 
 from __future__ import annotations
@@ -34,15 +35,18 @@ MAX_UPLOAD_DECODED_BYTES = 2 * 1024**3
 UPLOAD_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS)) + MEDICAL_SUFFIXES + (".zip",)
 
 
+def _clean(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-")
+
+
 def _safe_name(name: str) -> str:
     """A file name without folders or odd characters (an archive's paths are never trusted); its
     extension survives even when nothing of the stem does (a name in another script)."""
     base = Path(name.replace("\\", "/")).name
     suffix = ".nii.gz" if base.lower().endswith(".nii.gz") else Path(base).suffix
     stem = base[: len(base) - len(suffix)] if suffix else base
-    clean = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-")  # noqa: E731
-    suffix = "." + clean(suffix.lower()) if clean(suffix) else ""
-    return (clean(stem) or "image") + (suffix or ".png")
+    suffix = "." + _clean(suffix.lower()) if _clean(suffix) else ""
+    return (_clean(stem) or "image") + (suffix or ".png")
 
 
 def _accepted(name: str) -> bool:
