@@ -101,6 +101,10 @@ class TrainConfig:
                 raise MedArtError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.hldf_every < 0 or (self.hldf_every and self.hldf_steps < 1):
             raise MedArtError("hldf_every must be >= 0 and hldf_steps >= 1")
+        if self.hldf_grad_last_k is not None and self.hldf_grad_last_k < 1:
+            raise MedArtError(f"hldf_grad_last_k must be at least 1, got {self.hldf_grad_last_k}: with 0 the HLDF "
+                              "sample would run and send no gradient; leave it unset to back-propagate through "
+                              "every sampling step, or set hldf_every 0 to turn HLDF off")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise MedArtError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
