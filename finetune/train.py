@@ -44,7 +44,8 @@ from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images, process_state
 from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS, add_lora, lora_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER, EmbeddingStore, text_cache_key
-from medart_core.losses import channel_statistics, color_distribution_loss_to_statistics, noise_prediction_loss
+from medart_core.losses import (channel_statistics, channel_sums_from_statistics, color_distribution_loss_to_statistics,
+                                colour_statistics_distance, noise_prediction_loss, statistics_from_sums)
 from medart_core.pipeline import (MAX_PROMPT_TOKENS, TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths,
                                   LoadedModel, Precision, PromptEncoder, load_pipeline)
 from medart_core.sampling import TextConditioning, decode_latents, dpm_solver_sample, micro_conditions, predict_noise
@@ -199,7 +200,26 @@ def hldf_colour_step(models, real_colour, texts, config, generators, accelerator
             grad_last_k=config.hldf_grad_last_k, gradient_checkpointing=config.hldf_checkpointing,
         )
         generated = decode_latents(pipe.vae, latents)
-    return color_distribution_loss_to_statistics(generated.float() / 2 + 0.5, *real_colour)
+    return colour_loss_over_processes(generated.float() / 2 + 0.5, real_colour, accelerator)
+
+
+def colour_loss_over_processes(generated: torch.Tensor, real_colour, accelerator) -> torch.Tensor:
+    """The colour loss of the global batch: per-channel statistics pooled over every process's
+    images, so a batch split over processes has the loss (and, once gradients are averaged, the
+    gradient) of the whole batch on one process. The generated sums cross processes by a
+    differentiable all-reduce: each process back-propagates the global loss into its own images."""
+    if accelerator.num_processes == 1:
+        return color_distribution_loss_to_statistics(generated, *real_colour)
+    from torch.distributed.nn.functional import all_reduce
+
+    pixels = generated.shape[0] * generated.shape[2] * generated.shape[3]  # per process, real and generated
+    flat = generated.transpose(0, 1).reshape(generated.shape[1], -1)
+    generated_sums = all_reduce(torch.stack([flat.sum(dim=1), (flat ** 2).sum(dim=1)]))
+    real_sums = accelerator.reduce(torch.stack(channel_sums_from_statistics(*real_colour, pixels)).to(flat.device),
+                                   reduction="sum")
+    total = pixels * accelerator.num_processes
+    return colour_statistics_distance(*statistics_from_sums(*generated_sums, total),
+                                      *statistics_from_sums(*real_sums, total))
 
 
 def prepare_cached_inputs(models, images, prompts, config, accelerator):
@@ -244,15 +264,20 @@ def accumulate_gradients(models, batches, config, noise_scheduler, accelerator, 
             loss, real_colour = noise_prediction_step(models, batch, config, generators, noise_scheduler, accelerator)
             if nonfinite_loss:
                 loss = loss * float("nan")
-            logs["loss/mse"] += loss.item() / accumulation
+            logs["loss/mse"] += mean_over_processes(loss, accelerator) / accumulation
             loss = loss / accumulation
             if hldf_now and index == accumulation - 1:  # once per optimizer step, never per micro-batch
                 colour = hldf_colour_step(models, real_colour, batch["text"], config, generators, accelerator)
-                logs["loss/color"] = colour.item()
+                logs["loss/color"] = mean_over_processes(colour, accelerator)  # the same on every process
                 loss = loss + config.colour_weight * colour
             finite = finite and bool(torch.isfinite(loss))
             accelerator.backward(loss)
     return logs, finite
+
+
+def mean_over_processes(value: torch.Tensor, accelerator: Accelerator) -> float:
+    """A logged loss is the whole batch's, not the main process's share."""
+    return float(accelerator.reduce(value.detach().float().reshape(1), reduction="mean").item())
 
 
 def gradients_are_finite(parameters: list[torch.Tensor]) -> bool:
@@ -285,6 +310,17 @@ def optimizer_step(optimizer, parameters: list[torch.Tensor], *, finite: bool, m
         norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
     optimizer.step()  # with a scaler: scaler.step (skips not-finite gradients) and scaler.update
     return not any_nonfinite and not (scaler is not None and optimizer.step_was_skipped), norm
+
+
+def processes_agree(parameters: list[torch.Tensor], accelerator: Accelerator) -> bool:
+    """Whether every process holds the same LoRA weights, as it must (same averaged gradients, same
+    optimizer): a process that drifted would train on weights the saved checkpoint does not hold."""
+    if accelerator.num_processes == 1:
+        return True
+    digest = torch.stack([value for p in parameters for value in (p.detach().double().sum(),
+                                                                   p.detach().double().abs().sum())])
+    gathered = accelerator.gather(digest.to(accelerator.device)[None])
+    return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-12))
 
 
 def injected_nonfinite_steps(rank: int) -> set[int]:
@@ -544,7 +580,11 @@ def train(config: TrainConfig) -> Path:
             if is_main:
                 with open(log_file, "a") as handle:
                     handle.write(json.dumps({"step": global_step, **logs}) + "\n")
-        if is_main and (global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps):
+        checkpoint_now = global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps
+        if checkpoint_now and not processes_agree(trainable, accelerator):
+            raise MedArtError(f"step {global_step}: the processes' LoRA weights differ; not saving a checkpoint that "
+                              "only one of them holds (a non-deterministic optimizer or device?)")
+        if is_main and checkpoint_now:
             state = {"global_step": global_step, "skipped_steps": skipped_steps, "optimizer": optimizer.state_dict(),
                      "lr_scheduler": lr_scheduler.state_dict(), "config": vars(config),
                      "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
