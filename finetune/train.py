@@ -13,6 +13,9 @@ Gradients of the (small) LoRA weights are averaged across processes by one all-r
 instead of wrapping the transformer in DistributedDataParallel, which cannot follow the many
 transformer calls of an HLDF sample before one backward pass.
 
+Every random draw of a sample comes from its own seed (seed, micro-step, place in the global
+batch; medart_core.training_draws), so resuming, or splitting a batch over processes, changes none.
+
 With `cache: true` (the default) T5 and the VAE encoder run once per dataset, not every step: the
 loop reads cached latent distributions and prompt embeddings (medart_core.cache). `--plan`
 prints the estimated memory of a config and exits, without loading any weights (finetune/plan.py).
@@ -191,7 +194,8 @@ def hldf_colour_step(models, real_colour, texts, config, generators, accelerator
     negative = encode_text(models.prompts, [""] * len(texts), config.train_text_encoder_lora, dtype)
     size = config.resolution // pipe.vae_scale_factor
     shape = (len(texts), pipe.transformer.config.in_channels, size, size)
-    noise = (randn_tensor(shape, generator=generators, dtype=torch.float32) * pipe.scheduler.init_noise_sigma).to(device, dtype)
+    noise = randn_tensor(shape, generator=generators, dtype=torch.float32) * pipe.scheduler.init_noise_sigma
+    noise = noise.to(device, dtype)
     with accelerator.autocast():
         latents = dpm_solver_sample(
             pipe.transformer, pipe.scheduler, noise, text, negative,

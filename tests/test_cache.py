@@ -64,7 +64,8 @@ def test_cached_and_uncached_steps_give_the_same_losses(tiny_pipeline_dir, data_
         models.prompts = cached_prompts
         calls_before = cached_prompts.t5_calls
         generator = train_module.step_generators(0, micro_step, 4)
-        flips_seen.update(torch.rand(1, generator=g).item() < 0.5 for g in train_module.step_generators(0, micro_step, 4))
+        flips_seen.update(torch.rand(1, generator=g).item() < 0.5
+                          for g in train_module.step_generators(0, micro_step, 4))
         cached_loss, cached_colour = train_module.noise_prediction_step(models, cached_batch, config, generator,
                                                                         noise_scheduler, accelerator)
         assert cached_prompts.t5_calls == calls_before  # every caption came from the cache

@@ -52,7 +52,8 @@ def test_hldf_training_changes_lora_and_adapters_change_generation(tiny_pipeline
     assert [p.name for p in validation] == ["00.png", "01.png"]
     for path in validation:  # marked like every other generated image, with its prompt and seed
         assert is_marked_synthetic(path) and read_png_text(path)["seed"] in ("0", "1")
-        assert read_png_text(path)["prompt"] in {r.text.strip() for r in ImageCaptionDataset(tiny_train_data, 32).records}
+        captions = {r.text.strip() for r in ImageCaptionDataset(tiny_train_data, 32).records}
+        assert read_png_text(path)["prompt"] in captions
     assert list((out / "logs").rglob("events.out.tfevents*"))
 
     cpu = Precision.choose("cpu")
