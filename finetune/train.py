@@ -47,14 +47,13 @@ from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images, process_state
 from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS, add_lora, lora_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER, EmbeddingStore, text_cache_key
-from medart_core.losses import (channel_statistics, channel_sums_from_statistics, color_distribution_loss_to_statistics,
-                                colour_statistics_distance, noise_prediction_loss, statistics_from_sums)
-from medart_core.pipeline import (MAX_PROMPT_TOKENS, TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths,
-                                  LoadedModel, Precision, PromptEncoder, load_pipeline)
+from medart_core.losses import (channel_sums_from_statistics, colour_statistics_distance, hldf_color_loss,
+                                image_channel_statistics, noise_prediction_loss, statistics_from_sums)
+from medart_core.pipeline import (TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths, LoadedModel, Precision,
+                                  PromptEncoder, base_prompt_token_limit, load_pipeline)
 from medart_core.sampling import TextConditioning, decode_latents, dpm_solver_sample, micro_conditions, predict_noise
 from medart_core.synthetic import save_synthetic_png
-from medart_core.training_data import (ImageCaptionDataset, ResumableShuffleSampler, cache_latents,
-                                       cached_colour_statistics, sample_cached_latents)
+from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampler, cache_latents, sample_cached_latents
 from medart_core.training_draws import micro_step_seed, sample_draws, sample_generator, sample_seed, use_sample_dropout
 
 logger = logging.getLogger("medart.train")
@@ -98,12 +97,12 @@ def build_models(config: TrainConfig, precision: Precision):
         pipe.vae.enable_gradient_checkpointing()
     transformer_lora = add_lora(pipe.transformer, lora_config(
         TRANSFORMER_TARGETS, rank=config.lora_rank, alpha=config.lora_alpha,
-        dropout=config.lora_dropout, use_dora=config.use_dora))
+        dropout=config.lora_dropout, use_dora=config.use_dora, init=config.lora_init))
     text_encoder_lora = None
     if config.train_text_encoder_lora:
         text_encoder_lora = add_lora(pipe.text_encoder, lora_config(
             TEXT_ENCODER_TARGETS, rank=config.text_encoder_lora_rank or config.lora_rank,
-            alpha=config.lora_alpha, dropout=config.lora_dropout, use_dora=config.use_dora))
+            alpha=config.lora_alpha, dropout=config.lora_dropout, use_dora=config.use_dora, init=config.lora_init))
     for adapted in (transformer_lora, text_encoder_lora):
         if adapted is not None:
             use_sample_dropout(adapted)  # LoRA dropout masks from each sample's seed (resume, processes)
@@ -138,6 +137,11 @@ def step_generators(seed: int, micro_step: int, batch_size: int) -> list[torch.G
     return [sample_generator(sample_seed(seed, micro_step, position)) for position in range(batch_size)]
 
 
+def prompt_token_budget(config: TrainConfig, pipe) -> int:
+    """`max_prompt_tokens`, or the base model's own limit, so a base with a longer one is not cut."""
+    return config.max_prompt_tokens or base_prompt_token_limit(pipe)
+
+
 def encode_text(prompts: PromptEncoder, texts: list[str], trainable: bool, dtype) -> TextConditioning:
     text = prompts.encode_trainable(texts) if trainable else prompts(texts)
     return text.to(prompts.pipe.transformer.device, dtype)
@@ -145,7 +149,7 @@ def encode_text(prompts: PromptEncoder, texts: list[str], trainable: bool, dtype
 
 def noise_prediction_step(models, batch, config, generators, noise_scheduler, accelerator):
     """The usual latent diffusion loss on a real batch (with flips and caption dropout). Returns the
-    loss and the real batch's per-channel colour mean and std in [0, 1], for HLDF.
+    loss and each real image's per-channel colour mean and std in [0, 1] ((B, C) each), for HLDF.
 
     `generators`: one per sample (batch_generators); each sample's flip, caption dropout, latent
     sample, noise and timestep come from its own, so they do not depend on the rest of the batch.
@@ -164,13 +168,13 @@ def noise_prediction_step(models, batch, config, generators, noise_scheduler, ac
     text = encode_text(models.prompts, texts, config.train_text_encoder_lora, dtype)
     if "latent_mean" in batch:
         latents = sample_cached_latents(batch, flip, generators, device)
-        real_colour = cached_colour_statistics(batch, config.resolution)
+        real_colour = batch["rgb_mean"], batch["rgb_std"]  # a flip leaves them unchanged
     else:
         pixels = batch["pixels"].to(device)
         pixels = torch.where(flip.to(device)[:, None, None, None], pixels.flip(-1), pixels)
         with torch.no_grad():
             latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.sample(generator=generators)
-        real_colour = channel_statistics(pixels.float() / 2 + 0.5)
+        real_colour = image_channel_statistics(pixels.float() / 2 + 0.5)
     latents = (latents * pipe.vae.config.scaling_factor).to(dtype)
     noise = randn_tensor(latents.shape, generator=generators, dtype=torch.float32).to(device, dtype)
     timesteps = torch.cat([torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=g)
@@ -184,8 +188,9 @@ def noise_prediction_step(models, batch, config, generators, noise_scheduler, ac
 
 
 def hldf_colour_step(models, real_colour, texts, config, generators, accelerator):
-    """HLDF: sample one image per real image through DPM-Solver++ with gradients, decode it to
-    pixels and compare its per-channel colour statistics with the real batch's (`real_colour`:
+    """HLDF: sample one image per real image (from its caption) through DPM-Solver++ with
+    gradients, decode it to pixels and compare its per-channel colour statistics with its real
+    image's, or the batch's with the real batch's (`hldf_color_pairing`; `real_colour`: per-image
     per-channel mean and std in [0, 1], as noise_prediction_step returns them). Each image's
     starting noise comes from its sample's generator (after noise_prediction_step's draws)."""
     pipe = models.pipe
@@ -204,24 +209,29 @@ def hldf_colour_step(models, real_colour, texts, config, generators, accelerator
             grad_last_k=config.hldf_grad_last_k, gradient_checkpointing=config.hldf_checkpointing,
         )
         generated = decode_latents(pipe.vae, latents)
-    return colour_loss_over_processes(generated.float() / 2 + 0.5, real_colour, accelerator)
+    generated = generated.float() / 2 + 0.5
+    pixels_per_image = config.resolution ** 2
+    if config.hldf_color_pairing == "batch" and accelerator.num_processes > 1:
+        return batch_colour_loss_over_processes(generated, *real_colour, pixels_per_image, accelerator)
+    # per_image: a mean over images, so the mean over processes (gradient averaging) is the global batch's
+    return hldf_color_loss(generated, *real_colour, pixels_per_image=pixels_per_image,
+                           pairing=config.hldf_color_pairing)
 
 
-def colour_loss_over_processes(generated: torch.Tensor, real_colour, accelerator) -> torch.Tensor:
-    """The colour loss of the global batch: per-channel statistics pooled over every process's
-    images, so a batch split over processes has the loss (and, once gradients are averaged, the
-    gradient) of the whole batch on one process. The generated sums cross processes by a
-    differentiable all-reduce: each process back-propagates the global loss into its own images."""
-    if accelerator.num_processes == 1:
-        return color_distribution_loss_to_statistics(generated, *real_colour)
+def batch_colour_loss_over_processes(generated: torch.Tensor, real_means: torch.Tensor, real_stds: torch.Tensor,
+                                     pixels_per_image: int, accelerator) -> torch.Tensor:
+    """The `batch` colour loss of the global batch: per-channel statistics pooled over every
+    process's images, so a batch split over processes has the loss (and, once gradients are
+    averaged, the gradient) of the whole batch on one process. The generated sums cross processes
+    by a differentiable all-reduce: each process back-propagates the global loss into its images."""
     from torch.distributed.nn.functional import all_reduce
 
-    pixels = generated.shape[0] * generated.shape[2] * generated.shape[3]  # per process, real and generated
     flat = generated.transpose(0, 1).reshape(generated.shape[1], -1)
     generated_sums = all_reduce(torch.stack([flat.sum(dim=1), (flat ** 2).sum(dim=1)]))
-    real_sums = accelerator.reduce(torch.stack(channel_sums_from_statistics(*real_colour, pixels)).to(flat.device),
-                                   reduction="sum")
-    total = pixels * accelerator.num_processes
+    real_sums = torch.stack([s.sum(dim=0) for s in channel_sums_from_statistics(real_means, real_stds,
+                                                                                 pixels_per_image)])
+    real_sums = accelerator.reduce(real_sums.to(flat.device), reduction="sum")
+    total = pixels_per_image * generated.shape[0] * accelerator.num_processes
     return colour_statistics_distance(*statistics_from_sums(*generated_sums, total),
                                       *statistics_from_sums(*real_sums, total))
 
@@ -231,6 +241,7 @@ def prepare_cached_inputs(models, images, prompts, config, accelerator):
     embeddings (T5 frozen) where the config allows, built by the main process first."""
     pipe = models.pipe
     cache_dir = Path(config.cache_dir or Path(config.data) / DEFAULT_CACHE_FOLDER)
+    max_tokens = prompt_token_budget(config, pipe)
     dataset, store = images, None
     with accelerator.main_process_first():
         if config.caches_latents:
@@ -238,11 +249,11 @@ def prepare_cached_inputs(models, images, prompts, config, accelerator):
         elif config.cache:
             logger.info("latents are not cached with random crops (center_crop false): the VAE runs every step")
         if config.caches_text:
-            store = EmbeddingStore(cache_dir, text_cache_key(pipe, config.model, max_tokens=MAX_PROMPT_TOKENS,
+            store = EmbeddingStore(cache_dir, text_cache_key(pipe, config.model, max_tokens=max_tokens,
                                                              clean_caption=True,
                                                              quantization=config.text_encoder_quantization))
-            PromptEncoder(pipe, store=store).precompute(prompts)
-    encoder = PromptEncoder(pipe, max_entries=len(prompts), store=store)
+            PromptEncoder(pipe, store=store, max_tokens=max_tokens).precompute(prompts)
+    encoder = PromptEncoder(pipe, max_entries=len(prompts), store=store, max_tokens=max_tokens)
     if store is not None and pipe.text_encoder.device.type == "cuda" and config.text_encoder_quantization == "none":
         pipe.text_encoder.to("cpu")  # every prompt the run needs is cached: free T5's GPU memory
         torch.cuda.empty_cache()
@@ -411,7 +422,8 @@ def run_validation(models, config, prompts, seeds, step, output_dir, accelerator
     """Images from fixed prompts and seeds with the weights in memory (never reloaded from disk)."""
     pipe = models.pipe
     pipe.transformer.eval()
-    encoder = PromptEncoder(pipe) if config.train_text_encoder_lora else models.prompts
+    encoder = (PromptEncoder(pipe, max_tokens=prompt_token_budget(config, pipe)) if config.train_text_encoder_lora
+               else models.prompts)
     current = LoadedModel(pipe, config.model, AdapterPaths(), models.precision, encoder)
     settings = GenerationSettings(steps=config.validation_inference_steps, height=config.resolution,
                                   width=config.resolution)
@@ -466,10 +478,16 @@ Use: `python -m medart_core generate --model {config.model} --lora {output_dir} 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         config = load_config(argv)
+        if "--print-config" in argv:
+            print(config.to_yaml(), end="")
+            return 0
         if any(a == "--plan" or a.startswith("--plan=") for a in argv):
             from finetune.plan import memory_plan
 
@@ -517,6 +535,10 @@ def train(config: TrainConfig) -> Path:
 
     # data: latents and T5 embeddings computed once per dataset where they can be
     images = ImageCaptionDataset(config.data, config.resolution, center_crop=config.center_crop)
+    config = config.with_train_steps(len(images), accelerator.num_processes)
+    if config.num_train_epochs is not None:
+        logger.info("%d epochs of %d images: %d optimizer steps", config.num_train_epochs, len(images),
+                    config.max_train_steps)
     validation_prompts = config.validation_prompts or list(dict.fromkeys(r.text.strip() for r in images.records))[:4]
     validation_seeds = config.validation_seeds or list(range(len(validation_prompts)))
     prompts = list(dict.fromkeys([r.text.strip() for r in images.records] + ["", *validation_prompts]))

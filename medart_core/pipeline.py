@@ -255,6 +255,18 @@ def load_pipeline(
     return LoadedModel(pipe, str(model), adapters, precision, encoder)
 
 
+def base_prompt_token_limit(pipe) -> int:
+    """The T5 tokens a base pipeline itself passes to its text encoder: the default of its
+    `max_sequence_length` (PixArt-alpha 120, PixArt-Sigma and Sana 300), so training on a base
+    with a longer limit does not cut captions at alpha's."""
+    import inspect
+
+    parameter = inspect.signature(type(pipe).__call__).parameters.get("max_sequence_length")
+    if parameter is None or not isinstance(parameter.default, int):
+        return MAX_PROMPT_TOKENS
+    return parameter.default
+
+
 def count_prompt_tokens(tokenizer, prompt: str) -> int:
     """T5 tokens of a prompt including its end-of-sequence token, as the pipeline counts them."""
     return len(tokenizer(prompt, add_special_tokens=True).input_ids)

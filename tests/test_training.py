@@ -166,10 +166,12 @@ def test_two_processes_train_what_one_process_with_the_whole_batch_trains(
         tiny_pipeline_dir, tiny_train_data, tmp_path, launch_two_cpu_processes, hldf_every):
     """2 processes x batch 2 and 1 process x batch 4 see the same images with the same draws (crops,
     flips, caption dropout, noise, timesteps, LoRA dropout, HLDF noise) and the same colour loss,
-    so they train the same weights, up to the rounding of the all-reduce."""
+    so they train the same weights, up to the rounding of the all-reduce. HLDF runs with the
+    `batch` colour pairing, whose statistics are pooled over processes (`per_image` is a mean over
+    images, averaged over processes like the noise loss)."""
     steps = "3" if hldf_every == 0 else "2"
     common = ["--max_train_steps", steps, "--hldf_every", str(hldf_every), "--center_crop", "false",
-              "--lora_dropout", "0.1", "--caption_dropout", "0.3"]
+              "--lora_dropout", "0.1", "--caption_dropout", "0.3", "--hldf_color_pairing", "batch"]
     two, one = tmp_path / "two", tmp_path / "one"
     result = launch_two_cpu_processes(["finetune/train.py", *train_args(tiny_pipeline_dir, tiny_train_data, two,
                                                                         *common, "--train_batch_size", "2")])

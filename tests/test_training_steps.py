@@ -78,7 +78,7 @@ def test_fp16_on_cpu_is_refused_with_one_clear_message(tiny_pipeline_dir, tiny_t
 # HLDF: the colour term's gradient, alone and under gradient accumulation
 
 
-FIXED_COLOUR = (torch.tensor([0.7, 0.4, 0.2]), torch.tensor([0.1, 0.2, 0.1]))
+FIXED_COLOUR = (torch.tensor([[0.7, 0.4, 0.2], [0.5, 0.3, 0.6]]), torch.tensor([[0.1, 0.2, 0.1], [0.2, 0.1, 0.2]]))
 FIXED_TEXTS = ["A fundus photograph of the retina, orange background", "A histopathology tile, purple nuclei"]
 
 
