@@ -164,3 +164,36 @@ def test_checkpointed_hldf_sample_recomputes_each_transformer_call_once(tiny_pip
     torch.testing.assert_close(gradients[True], gradients[False])
     warnings = [r for r in caplog.records if "hldf_checkpointing are both on" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_lora_dropout_masks_survive_block_checkpointing(tiny_pipeline_dir, tiny_train_data):
+    """Block checkpointing recomputes each block in the backward pass; each sample's dropout mask
+    must be the forward pass's again, or the gradient is of a different network."""
+    from diffusers import DDPMScheduler
+
+    from medart_core.training_data import ImageCaptionDataset
+    from medart_core.training_draws import micro_step_seed, sample_draws
+
+    images = ImageCaptionDataset(tiny_train_data, 32, center_crop=False)
+    batch = torch.utils.data.default_collate([images[(i, 1000 + i)] for i in range(2)])
+    gradients = {}
+    for block_checkpointing in (False, True):
+        config = load_config(["--config", "finetune/configs/tiny_cpu.yaml", "--model", str(tiny_pipeline_dir),
+                              "--data", "d", "--lora_dropout", "0.5", "--caption_dropout", "0",
+                              "--gradient_checkpointing", str(block_checkpointing).lower()])
+        torch.manual_seed(0)
+        models, _, _ = train_module.build_models(config, Precision.choose("cpu"))
+        models.prompts = train_module.PromptEncoder(models.pipe)
+        with torch.no_grad():  # non-zero B, so dropout on the LoRA path changes the output
+            for name, param in models.pipe.transformer.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+        trainable = [p for p in models.pipe.transformer.parameters() if p.requires_grad]
+        noise_scheduler = DDPMScheduler.from_config(models.pipe.scheduler.config)
+        torch.manual_seed(micro_step_seed(0, 0))
+        with sample_draws(batch["sample_seed"].tolist()):
+            loss, _ = train_module.noise_prediction_step(models, batch, config, train_module.batch_generators(batch),
+                                                         noise_scheduler, Accelerator(cpu=True))
+            loss.backward()
+        gradients[block_checkpointing] = torch.cat([p.grad.reshape(-1) for p in trainable])
+    torch.testing.assert_close(gradients[True], gradients[False])
