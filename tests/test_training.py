@@ -171,7 +171,7 @@ def test_two_processes_train_what_one_process_with_the_whole_batch_trains(
     images, averaged over processes like the noise loss)."""
     steps = "3" if hldf_every == 0 else "2"
     common = ["--max_train_steps", steps, "--hldf_every", str(hldf_every), "--center_crop", "false",
-              "--lora_dropout", "0.1", "--caption_dropout", "0.3", "--hldf_color_pairing", "batch"]
+              "--lora_dropout", "0.1", "--caption_dropout", "0.3", "--hldf_color_pairing", "batch", "--hldf_steps", "2"]
     two, one = tmp_path / "two", tmp_path / "one"
     result = launch_two_cpu_processes(["finetune/train.py", *train_args(tiny_pipeline_dir, tiny_train_data, two,
                                                                         *common, "--train_batch_size", "2")])

@@ -107,7 +107,7 @@ def first_step_gradients(tiny_pipeline_dir, tiny_train_data, tmp_path_factory, r
             out = tmp_path_factory.mktemp(f"grad-{accumulation}-{weight:g}")
             args = train_args(tiny_pipeline_dir, tiny_train_data, out, "--max_train_steps", "1", "--hldf_every", "1",
                               "--gradient_accumulation_steps", str(accumulation), "--hldf_weight", str(weight),
-                              "--optimizer", "adamw")
+                              "--hldf_steps", "2", "--optimizer", "adamw")
             assert train_module.main(args) == 0
         results[accumulation, weight] = recorded[0]
     return results
