@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from medart_core.caption_templates import CaptionTemplate, load_template
+from medart_core.caption_templates import CaptionTemplate, load_row_template, load_template
 from medart_core.caption_validation import (
     EMPTY,
     MAX_T5_TOKENS,
@@ -263,12 +263,15 @@ def plan_jobs(data_dir: str | Path, *, modality: str | None, out: str | Path | N
         raise MedArtError(f"{data_dir} has split folders ({', '.join(map(str, folders))}); each gets its own "
                           f"{METADATA_FILE}, so leave out --out")
     jobs = []
-    for record in scan_imagefolder(data_dir):
+    for record in scan_imagefolder(data_dir, refuse_duplicates=True):  # a repeat would lose a row's text
         row = record.row
         row_modality = row.get("modality") or modality
         if not row_modality:
             raise MedArtError(f"{record.file_name}: no modality; pass --modality or add a \"modality\" column")
-        template = load_template(str(row_modality))
+        try:  # --modality is the user's own choice; a row's modality is the data's, confined to its folder
+            template = load_row_template(row_modality, data_dir) if row.get("modality") else load_template(modality)
+        except MedArtError as err:
+            raise MedArtError(f"{record.file_name}: {err}") from None
         text = record.text if isinstance(record.text, str) and record.text.strip() and not row.get("source") else None
         if row.get("simple_caption"):
             simple_caption = str(row["simple_caption"]).strip()
@@ -281,7 +284,7 @@ def plan_jobs(data_dir: str | Path, *, modality: str | None, out: str | Path | N
                               "or \"text\" column to the metadata")
         target = Path(out) if out is not None else folders[record.split] / METADATA_FILE
         jobs.append(CaptionJob(record.path, record.file_name, target, record.label or simple_caption,
-                               simple_caption, str(row_modality), row))
+                               simple_caption, template.source, row))
     if not jobs:
         raise MedArtError(f"no images found in {data_dir}")
     return jobs

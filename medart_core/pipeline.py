@@ -18,6 +18,7 @@ import torch
 
 from medart_core.errors import MedArtError
 from medart_core.sampling import TextConditioning
+from medart_core.text_limits import MAX_PROMPT_CHARS, bound_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +309,10 @@ class PromptEncoder:
 
     def warn_if_truncated(self, prompts: list[str]) -> None:
         for prompt in prompts:
+            if len(prompt) > MAX_PROMPT_CHARS:  # never tokenised whole: see _encode_uncached
+                logger.warning("prompt is %d characters, over the %d-character limit: it was truncated, the end is "
+                               "ignored: %.80r", len(prompt), MAX_PROMPT_CHARS, prompt)
+                continue
             n = count_prompt_tokens(self.pipe.tokenizer, prompt)
             if n > self.max_tokens:
                 logger.warning(
@@ -321,8 +326,10 @@ class PromptEncoder:
 
     def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         self.t5_calls += 1
+        # Cut before encode_prompt: its caption cleaning is quadratic on a long unbroken run, and
+        # holds the interpreter (every other request of the app waits) while it runs.
         embeds, mask, _, _ = self.pipe.encode_prompt(
-            prompts,
+            [bound_prompt(prompt) for prompt in prompts],
             do_classifier_free_guidance=False,
             device=self.pipe._execution_device,
             clean_caption=self.clean_caption,
