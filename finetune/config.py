@@ -77,7 +77,8 @@ class TrainConfig:
     optimizer: str = option("adamw8bit", "adamw8bit (bitsandbytes; falls back to adamw where unavailable) or adamw")
     weight_decay: float = option(1e-2, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 turns clipping off)")
-    mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else no), no, bf16 or fp16")
+    mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else no), no, bf16 or fp16 "
+                                                  "(GPU only: loss scaling)")
     gradient_checkpointing: bool = option(False, "recompute transformer blocks in the backward pass (less memory)")
     max_prompt_tokens: int | None = option(None, "T5 tokens of a caption that reach the model; longer ones are cut "
                                                  "(default: the base model's own limit, 120 for PixArt-alpha, 300 for PixArt-Sigma)")
@@ -104,7 +105,8 @@ class TrainConfig:
     hldf_color_pairing: str = option("per_image", "per_image: each generated image against its own real image, "
                                                   "averaged over the batch (the paper's loss at any batch size); "
                                                   "batch: the generated batch against the pooled real batch")
-    hldf_grad_last_k: int | None = option(None, "back-propagate through the last k sampling steps only (default: all)")
+    hldf_grad_last_k: int | None = option(None, "back-propagate through the last k >= 1 sampling steps "
+                                                      "only (default: all)")
     hldf_checkpointing: bool = option(True, "recompute each sampling step's transformer call in the backward pass")
     vae_gradient_checkpointing: bool = option(False, "recompute VAE decoder blocks in the HLDF backward pass")
     # bookkeeping
@@ -150,6 +152,10 @@ class TrainConfig:
             raise MedArtError(f"hldf_color_pairing must be per_image or batch, got {self.hldf_color_pairing!r}")
         if self.hldf_every < 0 or (self.hldf_every and self.hldf_steps < 1):
             raise MedArtError("hldf_every must be >= 0 and hldf_steps >= 1")
+        if self.hldf_grad_last_k is not None and self.hldf_grad_last_k < 1:
+            raise MedArtError(f"hldf_grad_last_k must be at least 1, got {self.hldf_grad_last_k}: with 0 the HLDF "
+                              "sample would run and send no gradient; leave it unset to back-propagate through "
+                              "every sampling step, or set hldf_every 0 to turn HLDF off")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise MedArtError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):

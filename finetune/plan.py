@@ -243,8 +243,10 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
 
     if config.hldf_every:
         grad_steps = min(config.hldf_grad_last_k or config.hldf_steps, config.hldf_steps)
+        # inside a checkpointed HLDF sample the blocks are not checkpointed (medart_core.sampling)
+        blocks_checkpointed = config.gradient_checkpointing and not config.hldf_checkpointing
         one_call = transformer_activations(transformer, 2 * batch, resolution, vae_scale, model_bytes,
-                                           checkpointing=config.gradient_checkpointing, prompt_tokens=prompt_tokens)
+                                           checkpointing=blocks_checkpointed, prompt_tokens=prompt_tokens)
         sampling = one_call if config.hldf_checkpointing else grad_steps * one_call
         decode = vae_decoder_activations(vae, batch, resolution, model_bytes,
                                          checkpointing=config.vae_gradient_checkpointing)

@@ -66,6 +66,19 @@ def predict_noise(transformer, latents, timestep, text: TextConditioning, added_
     return output
 
 
+def _predict_noise_blocks_not_checkpointed(transformer, *args):
+    """predict_noise with diffusers' block checkpointing off, in the forward pass and in its
+    recomputation alike (the whole call is checkpointed already)."""
+    checkpointed = [m for m in transformer.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for module in checkpointed:
+        module.gradient_checkpointing = False
+    try:
+        return predict_noise(transformer, *args)
+    finally:
+        for module in checkpointed:
+            module.gradient_checkpointing = True
+
+
 def fresh_scheduler(scheduler):
     """A new scheduler of the same kind and config: DPM-Solver++ keeps state between steps,
     so sharing one instance between two samples (or a sample and training) would mix them."""
@@ -96,7 +109,8 @@ def dpm_solver_sample(
     grad_last_k: with requires_grad, record gradients for the last k steps only; earlier steps
         run under no_grad (less memory, the paper's released code back-propagates through all).
     gradient_checkpointing: recompute each transformer call in the backward pass instead of
-        storing its activations.
+        storing its activations; the transformer's own block checkpointing is off inside such a
+        call, which would recompute every block a second time.
     callback: called as callback(step_index, timestep, latents) after every step.
     """
     if num_steps < 1:
@@ -127,7 +141,8 @@ def dpm_solver_sample(
             model_input = torch.cat([latents, latents]) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             if with_grad and gradient_checkpointing:
-                eps = checkpoint(predict_noise, transformer, model_input, t, conditioning, added, use_reentrant=False)
+                eps = checkpoint(_predict_noise_blocks_not_checkpointed, transformer, model_input, t, conditioning,
+                                 added, use_reentrant=False)
             else:
                 eps = predict_noise(transformer, model_input, t, conditioning, added)
             if guided:
