@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import ImageOps
 
 from medart_core.metrics.color import CHANNELS
 
@@ -70,13 +71,17 @@ def contact_sheet(rows: list[dict], load, path: Path, thumb: float = 1.6) -> Pat
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), 3, figsize=(3 * thumb + 1, len(rows) * thumb + 0.4), squeeze=False)
     for r, row in enumerate(rows):
-        cells = [("generated" + (f" [{row['label']}]" if row.get("label") else ""), row["fake_path"]),
+        cells = [("generated" + (f" [{row['label']}]" if row.get("label") else ""), row["fake_path"], False),
                  (f"pixel r={row['pixel_similarity']:.3f}" + (f" ssim={row['ssim']:.2f}" if "ssim" in row else ""),
-                  row["train_pixel_path"]),
-                 (f"feature cos={row['feature_similarity']:.3f}", row["train_feature_path"])]
-        for c, (title, image_path) in enumerate(cells):
+                  row["train_pixel_path"], row.get("train_pixel_mirrored", False)),
+                 (f"feature cos={row['feature_similarity']:.3f}", row["train_feature_path"],
+                  row.get("train_feature_mirrored", False))]
+        for c, (title, image_path, mirror) in enumerate(cells):
             ax = axes[r][c]
-            ax.imshow(load(image_path))
+            image = load(image_path)
+            # A match with a training image's mirror is shown mirrored, as it was matched.
+            ax.imshow(ImageOps.mirror(image) if mirror else image)
+            title += " (mirrored)" if mirror else ""
             ax.set_title(title, fontsize=7, color="red" if row["flagged"] and c < 2 else "black")
             ax.axis("off")
     fig.suptitle("closest generated / training pairs (red: flagged near-copy)", fontsize=9)

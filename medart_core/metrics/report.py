@@ -146,9 +146,13 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
         if feature_module is not None and (role != "training" or "memorization" in wanted):
             extractors["features"] = feature_module
         if "memorization" in wanted:
-            from medart_core.metrics.features import pixel_features
+            from medart_core.metrics.features import mirrored, pixel_features
 
             extractors["pixels"] = pixel_features()
+            if role == "training":  # training flips images: their mirrors are copies too
+                extractors["pixels_mirrored"] = mirrored(extractors["pixels"])
+                if "features" in extractors:
+                    extractors["features_mirrored"] = mirrored(extractors["features"])
         if "conditional" in wanted and role != "training" and classifier is not None:
             extractors["logits"] = classifier.logits_module()
         needs_color = "color" in wanted and role != "training"
@@ -316,7 +320,8 @@ def _memorization_section(ctx) -> None:
     config, report, feats = ctx["config"], ctx["report"], ctx["features"]
     result = audit(feats["synthetic"]["pixels"], feats["training"]["pixels"], feats["synthetic"]["features"],
                    feats["training"]["features"], ctx["fake"].labels, config.copy_threshold,
-                   feats["real"].get("pixels"), feats["real"].get("features"))
+                   feats["real"].get("pixels"), feats["real"].get("features"),
+                   feats["training"].get("pixels_mirrored"), feats["training"].get("features_mirrored"))
     fake_records, train_records = ctx["fake"].records, ctx["train"].records
     sheet = []
     for pair in result["pairs"][:config.sheet_pairs]:
@@ -324,13 +329,15 @@ def _memorization_section(ctx) -> None:
         row = {**pair, "label": fake_record.label, "fake_path": str(fake_record.path),
                "train_pixel_path": str(train_records[pair["train_pixel"]].path),
                "train_feature_path": str(train_records[pair["train_feature"]].path)}
-        row["ssim"] = _ssim(row["fake_path"], row["train_pixel_path"])
+        row["ssim"] = _ssim(row["fake_path"], row["train_pixel_path"], mirror=row["train_pixel_mirrored"])
         sheet.append(row)
-    result["closest_pairs"] = [{k: row[k] for k in ("fake_path", "train_pixel_path", "train_feature_path", "label",
+    result["closest_pairs"] = [{k: row[k] for k in ("fake_path", "train_pixel_path", "train_pixel_mirrored",
+                                                   "train_feature_path", "train_feature_mirrored", "label",
                                                    "pixel_similarity", "ssim", "feature_similarity", "flagged")}
                                for row in sheet]
     result["flagged"] = [{"fake_path": str(fake_records[p["fake"]].path),
                           "train_path": str(train_records[p["train_pixel"]].path),
+                          "mirrored": p["train_pixel_mirrored"],
                           "pixel_similarity": p["pixel_similarity"]} for p in result["pairs"] if p["flagged"]]
     if sheet:
         report["plots"]["nearest_neighbours"] = plots.contact_sheet(sheet, load_rgb, ctx["out"] / "nearest_neighbours.png").name
@@ -341,14 +348,17 @@ def _memorization_section(ctx) -> None:
     report["memorization"] = result
 
 
-def _ssim(path_a: str, path_b: str, size: int = 64) -> float:
-    """Structural similarity of two images at size x size (torchmetrics), a perceptual check of a pair."""
+def _ssim(path_a: str, path_b: str, size: int = 64, mirror: bool = False) -> float:
+    """Structural similarity of two images at size x size (torchmetrics), a perceptual check of a
+    pair; `mirror` flips the second image left-right (a match with a training image's mirror)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     from medart_core.data import load_rgb
     from medart_core.metrics.sets import resize_uint8, to_uint8_tensor
 
     a, b = (resize_uint8(to_uint8_tensor(load_rgb(p))[None], size) / 255.0 for p in (path_a, path_b))
+    if mirror:
+        b = b.flip(-1)
     return float(structural_similarity_index_measure(a.double(), b.double(), data_range=1.0))
 
 
