@@ -58,3 +58,64 @@ def test_evaluate_flags_a_mirrored_copy_and_says_so(tmp_path):
     assert flagged["mirrored"] and flagged["train_path"].endswith("fundus_0005.png")
     assert memorization["closest_pairs"][0]["train_pixel_mirrored"]
     assert "(mirrored)" in (out / "report.md").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert list(report)[:2] == ["inputs", "leakage"] and report["leakage"]["leaks"] is False
+    markdown = (out / "report.md").read_text()
+    assert markdown.index("## Leakage") < markdown.index("## Memorisation audit")
+
+
+def with_column(folder, column: str, values) -> None:
+    """Set a metadata column of every row of folder/metadata.jsonl (values: one per row)."""
+    path = folder / "metadata.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**row, column: value}) + "\n" for row, value in zip(rows, values)))
+
+
+@pytest.fixture
+def clean_splits(tmp_path):
+    data = real_dataset(tmp_path / "data", n_train=8, n_test=4)
+    with_column(data / "train", "source_file", [f"volume-{i // 4}" for i in range(16)])
+    with_column(data / "test", "source_file", [f"volume-{10 + i // 4}" for i in range(8)])
+    return data
+
+
+def test_check_splits_passes_a_clean_split(clean_splits, tmp_path, capsys):
+    out = tmp_path / "leakage.json"
+    assert main(["check-splits", "--data", str(clean_splits), "--out", str(out), "--no-progress"]) == 0
+    assert "no leakage between train (16) / test (8)" in capsys.readouterr().out
+    found = json.loads(out.read_text())
+    assert found["leaks"] is False and found["shared_images"] == [] and found["shared_source_file"] == []
+
+
+def test_check_splits_finds_a_near_duplicate_a_mirror_and_a_split_volume(clean_splits, tmp_path, capsys):
+    from metrics_images import blur, colour_shift
+
+    train = patches("fundus", 8)
+    # test/: a softened, tinted copy of a training image; a mirror image of another; one image of a
+    # training volume (`source_file`) that is otherwise in train/.
+    extra = write_imagefolder(tmp_path / "extra", [(colour_shift(blur(train[2], 0.8), (10, 5, 0)), "fundus"),
+                                                    (ImageOps.mirror(train[6]), "fundus")])
+    rows = [json.loads(line) for line in (clean_splits / "test" / "metadata.jsonl").read_text().splitlines()]
+    for number, name in enumerate(("fundus_0000.png", "fundus_0001.png")):
+        (clean_splits / "test" / f"leak_{number}.png").write_bytes((extra / name).read_bytes())
+        rows.append({"file_name": f"leak_{number}.png", "text": "A fundus image", "label": "fundus",
+                     "source_file": f"volume-{20 + number}"})
+    rows[0]["source_file"] = "volume-1"
+    (clean_splits / "test" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "leakage.json"
+    assert main(["check-splits", "--data", str(clean_splits), "--out", str(out), "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert "LEAKAGE" in printed and "volume-1: 4 in train, 1 in test" in printed
+    found = json.loads(out.read_text())
+    shared = {row["file_b"]: row for row in found["shared_images"]}
+    assert set(shared) == {"test/leak_0.png", "test/leak_1.png"}
+    assert (shared["test/leak_0.png"]["kind"], shared["test/leak_0.png"]["file_a"]) == ("near-duplicate", "train/fundus_0002.png")
+    assert (shared["test/leak_1.png"]["kind"], shared["test/leak_1.png"]["file_a"]) == ("mirrored", "train/fundus_0006.png")
+    assert found["shared_source_file"] == [{"value": "volume-1", "images": {"train": 4, "test": 1}}]
+    assert str(tmp_path) not in out.read_text()
+
+
+def test_check_splits_refuses_a_dataset_without_splits(tmp_path, capsys):
+    flat = write_imagefolder(tmp_path / "flat", [(p, "ihc") for p in patches("ihc", 2)])
+    assert main(["check-splits", "--data", str(flat)]) == 2
+    assert "no split folders" in capsys.readouterr().err

@@ -95,5 +95,7 @@ def _summary(report: dict, out: str) -> str:
         parts.append(f"conditional accuracy {report['conditional']['accuracy']:.3f}")
     if "memorization" in report:
         parts.append(f"{report['memorization']['n_flagged']} near-copies")
+    if (report.get("leakage") or {}).get("leaks"):
+        parts.insert(0, "LEAKAGE between the held-out and training sets (see the report's first section)")
     skipped = f"; skipped {', '.join(report['skipped'])}" if report["skipped"] else ""
     return f"{'; '.join(parts) or 'no metric computed'}{skipped} -> {out}/report.md"

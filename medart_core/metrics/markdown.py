@@ -29,6 +29,10 @@ def render(report: dict) -> str:
             lines.append(f"- **{role}**: `{info['path']}`{split}, {info['n']} images, classes {info['classes'] or 'none'}")
     lines.append(f"- feature space: {report['settings'].get('feature_space') or 'n/a'}")
     lines.append("")
+    if report.get("leakage"):
+        lines += ["## Leakage between the held-out and training sets", ""]
+        lines += [line if line.startswith(("-", " ")) else f"**{line}**" for line in report["leakage"]["summary"]]
+        lines.append("")
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     if report["skipped"]:

@@ -78,6 +78,7 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
     wanted = set(config.metrics)
     report: dict = {"inputs": {"real": real_set.describe(), "synthetic": fake_set.describe(),
                                "training": train_set.describe() if train_set else None},
+                    "leakage": _leakage_section(real_set, train_set, config),
                     "settings": _settings(config), "warnings": [], "skipped": {}, "timings_s": {}, "plots": {}}
     out.mkdir(parents=True, exist_ok=True)
 
@@ -189,6 +190,17 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
             report["warnings"].append(f"{section}: {note}")
     _write(report, out)
     return report
+
+
+def _leakage_section(real_set: ImageSet, train_set: ImageSet | None, config: EvaluationConfig) -> dict | None:
+    """`check-splits` on the held-out and training sets: a held-out image (or its volume or
+    patient) that is also trained on makes every number below optimistic, so it comes first."""
+    from medart_core.metrics.leakage import check_leakage, summary_lines
+
+    if train_set is None:
+        return None
+    result = check_leakage([real_set, train_set], config.copy_threshold, config.batch_size, config.progress)
+    return {**result, "summary": summary_lines(result)}
 
 
 def _extract(image_set: ImageSet, extractors: dict, config: EvaluationConfig, visit) -> dict:
