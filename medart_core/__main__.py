@@ -16,6 +16,7 @@ COMMANDS = {
     "export": "medart_core.commands.export",
     "convert": "medart_core.commands.convert",
     "check-splits": "medart_core.commands.check_splits",
+    "privacy": "medart_core.commands.privacy",
 }
 
 

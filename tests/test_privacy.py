@@ -119,3 +119,63 @@ def test_check_splits_refuses_a_dataset_without_splits(tmp_path, capsys):
     flat = write_imagefolder(tmp_path / "flat", [(p, "ihc") for p in patches("ihc", 2)])
     assert main(["check-splits", "--data", str(flat)]) == 2
     assert "no split folders" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def privacy_data(tmp_path_factory):
+    """train/ (8 fundus, 8 ihc patches: two prompts) and test/ (6 + 6 held-out patches)."""
+    return real_dataset(tmp_path_factory.mktemp("privacy") / "data", n_train=8, n_test=6)
+
+
+def privacy_args(data, out, *extra):
+    return ["privacy", "--data", str(data), "--classifier-steps", "20", "--classifier-size", "32", "--no-progress",
+            "--classifier", str(out.parent / "classifier"), "--out", str(out), *extra]
+
+
+def test_privacy_fake_folder_holding_a_training_image_for_its_own_prompt_is_reidentified(privacy_data, tmp_path, capsys):
+    train_fundus = patches("fundus", 8)
+    # clean: new patches for both prompts; leaky: one fundus image is a training image's mirror
+    clean = write_imagefolder(tmp_path / "clean", [(p, "fundus") for p in patches("fundus", 3, first=30)]
+                              + [(p, "ihc") for p in patches("ihc", 3, first=30)], generated=True)
+    leaky = write_imagefolder(tmp_path / "leaky", [(ImageOps.mirror(train_fundus[4]), "fundus")]
+                              + [(p, "fundus") for p in patches("fundus", 2, first=30)]
+                              + [(p, "ihc") for p in patches("ihc", 3, first=30)], generated=True)
+    assert main(privacy_args(privacy_data, tmp_path / "clean-report", "--fake", str(clean))) == 0
+    report = json.loads((tmp_path / "clean-report" / "report.json").read_text())
+    assert report["n_prompts"] == 2 and report["n_generated"] == 6
+    assert report["reidentified_fraction"] == 0.0
+    assert main(privacy_args(privacy_data, tmp_path / "leaky-report", "--fake", str(leaky))) == 0
+    assert "1 of 2 prompts re-identified" in capsys.readouterr().out
+    report = json.loads((tmp_path / "leaky-report" / "report.json").read_text())
+    assert report["reidentified_fraction"] == 0.5 and report["per_class"]["fundus"]["reidentified_fraction"] == 1.0
+    assert report["per_class"]["ihc"]["reidentified_fraction"] == 0.0
+    fundus = next(p for p in report["prompts"] if p["label"] == "fundus")
+    own = fundus["pixel"]["own"]
+    assert (own["generated"], own["train"], own["mirrored"]) == ("fundus_0000.png", "train/fundus_0004.png", True)
+    assert own["similarity"] > 0.999 and fundus["pixel"]["reidentified"]
+    near = report["nearest_similarity"]["pixel"]
+    assert near["own"]["max"] > 0.999 and near["held_out"]["n"] == 12 and near["held_out"]["max"] < 0.95
+    assert report["held_out_reference"]["feature"]["n"] == 12
+    for name in ("worst_cases.png", "similarity_histograms.png", "report.md"):
+        assert (tmp_path / "leaky-report" / name).stat().st_size > 500
+    everything = (tmp_path / "leaky-report" / "report.json").read_text() + (tmp_path / "leaky-report" / "report.md").read_text()
+    assert str(tmp_path) not in everything and "/tmp/" not in everything
+
+
+def test_privacy_generates_n_images_per_training_prompt_on_the_tiny_model(privacy_data, tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "report"
+    assert main(privacy_args(privacy_data, out, "--model", str(tiny_pipeline_dir), "--n", "2", "--steps", "2",
+                             "--seed", "5")) == 0
+    rows = [json.loads(line) for line in (out / "generated" / "metadata.jsonl").read_text().splitlines()]
+    assert [(r["text"], r["label"], r["seed"]) for r in rows] == [("A fundus image", "fundus", 5), ("A fundus image", "fundus", 6),
+                                                                  ("A ihc image", "ihc", 7), ("A ihc image", "ihc", 8)]
+    assert all(r["synthetic"] for r in rows)
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["generated"] and report["inputs"]["n_per_prompt"] == 2
+    assert report["n_prompts"] == 2 and report["n_generated"] == 4 and 0 <= report["reidentified_fraction"] <= 1
+    assert set(report["per_class"]) == {"fundus", "ihc"} and (out / "worst_cases.png").is_file()
+
+
+def test_privacy_refuses_both_or_neither_source(privacy_data, tmp_path, capsys):
+    assert main(["privacy", "--data", str(privacy_data), "--out", str(tmp_path / "o")]) == 2
+    assert "give --model" in capsys.readouterr().err

@@ -7,7 +7,7 @@ source volume or patient, stand in more than one split?
   - groups: a `source_file` (one per DICOM series / NIfTI volume / source image) or a `patient`
     pseudonym (`convert`) with images in two splits: neighbouring slices of one volume, or two
     scans of one patient, are not independent, whatever their pixels say.
-Paths in the findings are relative to each set's folder.
+Paths in the findings are relative to each set's folder (`ImageSet.relative_path`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,6 @@ from medart_core.metrics.sets import ImageSet
 
 GROUP_COLUMNS = ("source_file", "patient")
 SPACE = "pixel correlation at 32x32, each image and its left-right mirror"
-
-
-def relative_name(image_set: ImageSet, index: int) -> str:
-    """An image's path relative to its set's folder (split folder included): never absolute."""
-    record = image_set.records[index]
-    return f"{record.split}/{record.file_name}" if record.split else record.file_name
 
 
 def _read(image_set: ImageSet, batch_size: int, progress: bool) -> dict:
@@ -64,8 +58,8 @@ def _shared_images(a: ImageSet, fa: dict, b: ImageSet, fb: dict, threshold: floa
             kind, i, sim, is_mirror = ("mirrored" if mirror[j] else "near-duplicate"), int(index[j]), float(similarity[j]), bool(mirror[j])
         else:
             continue
-        found.append({"kind": kind, "split_a": a.name, "file_a": relative_name(a, i), "split_b": b.name,
-                      "file_b": relative_name(b, j), "similarity": sim, "mirrored": is_mirror})
+        found.append({"kind": kind, "split_a": a.name, "file_a": a.relative_path(i), "split_b": b.name,
+                      "file_b": b.relative_path(j), "similarity": sim, "mirrored": is_mirror})
     return sorted(found, key=lambda row: -row["similarity"])
 
 

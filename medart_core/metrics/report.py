@@ -188,7 +188,10 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
     for section in ("fid", "kid", "dfd"):
         for note in (report.get(section) or {}).get("warnings", []):
             report["warnings"].append(f"{section}: {note}")
-    _write(report, out)
+    # Evaluation files name no absolute path of this machine (the report travels).
+    folders = [real_set.root, fake_set.root, train_set.root if train_set else None, out,
+               classifier.folder if classifier is not None else None, config.inception_weights]
+    _write(report, out, folders)
     return report
 
 
@@ -389,10 +392,11 @@ def _plain(value):
     return value
 
 
-def _write(report: dict, out: Path) -> None:
+def _write(report: dict, out: Path, folders=()) -> None:
     from medart_core.metrics.markdown import render
+    from medart_core.metrics.paths import scrub_paths
 
-    plain = _plain(report)
+    plain = scrub_paths(_plain(report), folders)
     report.clear()
     report.update(plain)
     (out / "report.json").write_text(json.dumps(plain, indent=2, ensure_ascii=False) + "\n")
