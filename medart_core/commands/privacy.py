@@ -131,7 +131,7 @@ def _write(report: dict, out, fake_set, train_set, sheet_rows: int, folders) -> 
         rows.append(cells)
     report["plots"] = {"worst_cases": plots.image_rows(
         rows, load_rgb, out / "worst_cases.png",
-        "closest prompts: generated | its own training image | nearest other training image (red: re-identified)").name}
+        "closest prompts: generated | its own\ntraining image | nearest other (red: re-identified)").name}
     series = {}
     for space in ("pixel", "feature"):
         series[space] = {"own, per prompt": np.array([p[space]["own"]["similarity"] for p in report["prompts"]]),

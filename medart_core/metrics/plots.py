@@ -167,7 +167,7 @@ def privacy_histograms(series: dict[str, dict[str, np.ndarray]], thresholds: dic
         for name, v in named.items():
             if len(v):
                 ax.hist(v, bins=bins, alpha=0.5, density=True, label=f"{name} (n={len(v)})")
-        ax.axvline(thresholds[space], color="red", linestyle="--", label=f"threshold {thresholds[space]:.3g}")
+        ax.axvline(thresholds[space], color="red", linestyle="--", label=f"threshold {thresholds[space]:.4g}")
         ax.set_title(f"nearest training image: {space} similarity")
         ax.set_xlabel("similarity")
         ax.legend(fontsize=7)

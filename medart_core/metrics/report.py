@@ -202,7 +202,7 @@ def _leakage_section(real_set: ImageSet, train_set: ImageSet | None, config: Eva
 
     if train_set is None:
         return None
-    result = check_leakage([real_set, train_set], config.copy_threshold, config.batch_size, config.progress)
+    result = check_leakage([train_set, real_set], config.copy_threshold, config.batch_size, config.progress)
     return {**result, "summary": summary_lines(result)}
 
 
