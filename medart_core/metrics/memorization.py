@@ -44,6 +44,16 @@ def nearest_with_mirrors(queries: np.ndarray, references: np.ndarray,
     return index % len(references), similarity, index >= len(references)
 
 
+def similarities_with_mirrors(queries: np.ndarray, references: np.ndarray,
+                              mirrored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(similarity, matched the mirror): queries x references matrices of the cosine similarity to
+    each reference or its mirror, whichever is closer; for searches within subsets of the
+    references (privacy: a prompt's own training images vs the rest), one matrix product."""
+    q = _unit(queries)
+    direct, flipped = q @ _unit(references).T, q @ _unit(mirrored).T
+    return np.maximum(direct, flipped), flipped > direct
+
+
 def distribution(values: np.ndarray) -> dict:
     if len(values) == 0:
         return {"n": 0}

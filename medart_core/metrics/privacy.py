@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from medart_core.errors import MedArtError
-from medart_core.metrics.memorization import distribution, nearest_with_mirrors
+from medart_core.metrics.memorization import distribution, nearest_with_mirrors, similarities_with_mirrors
 from medart_core.metrics.sets import ImageSet
 
 SPACES = ("pixel", "feature")
@@ -46,14 +46,15 @@ def _read(image_set: ImageSet, feature_module, mirrors: bool, batch_size: int, p
     return extract(image_set, extractors, batch_size=batch_size, progress=progress)
 
 
-def _closest(queries: np.ndarray, train: dict, space: str, subset: np.ndarray) -> dict | None:
-    """The closest (query, training image of `subset`) pair: indices, similarity, mirrored."""
-    if len(subset) == 0 or len(queries) == 0:
+def _closest(matrix: tuple[np.ndarray, np.ndarray], rows: np.ndarray, columns: np.ndarray) -> dict | None:
+    """The closest (generated row, training column) pair of a precomputed (similarity, mirrored)
+    matrix restricted to `rows` x `columns`: indices, similarity, mirrored."""
+    if len(rows) == 0 or len(columns) == 0:
         return None
-    index, similarity, mirror = nearest_with_mirrors(queries, train[space][subset], train[f"{space}_mirrored"][subset])
-    best = int(np.argmax(similarity))
-    return {"query": best, "train": int(subset[index[best]]), "similarity": float(similarity[best]),
-            "mirrored": bool(mirror[best])}
+    block = matrix[0][np.ix_(rows, columns)]
+    r, c = np.unravel_index(int(np.argmax(block)), block.shape)
+    return {"query": int(r), "train": int(columns[c]), "similarity": float(block[r, c]),
+            "mirrored": bool(matrix[1][rows[r], columns[c]])}
 
 
 def privacy_report(train_set: ImageSet, fake_set: ImageSet, held_out: ImageSet | None, feature_module, *,
@@ -81,6 +82,8 @@ def privacy_report(train_set: ImageSet, fake_set: ImageSet, held_out: ImageSet |
     train_texts = np.array([(r.text or "").strip() for r in train_set.records])
     fake_texts = [(r.text or "").strip() for r in fake_set.records]
     everything = np.arange(len(train_set))
+    matrices = {space: similarities_with_mirrors(fake[space], train[space], train[f"{space}_mirrored"])
+                for space in SPACES}
     prompts, unmatched = [], 0
     for text, label in _prompts_of(fake_set, fake_texts):
         own = np.flatnonzero(train_texts == text)
@@ -89,12 +92,12 @@ def privacy_report(train_set: ImageSet, fake_set: ImageSet, held_out: ImageSet |
             unmatched += len(mine)
             continue
         row = {"text": text, "label": label, "n_generated": len(mine), "n_own": len(own)}
+        others = np.setdiff1d(everything, own)
         for space in SPACES:
-            queries = fake[space][mine]
-            nearest_own = _closest(queries, train, space, own)
-            nearest_other = _closest(queries, train, space, np.setdiff1d(everything, own))
+            nearest_own = _closest(matrices[space], mine, own)
+            nearest_other = _closest(matrices[space], mine, others)
             if nearest_other is not None:  # the sheet's third image: the closest other image to *this* image
-                beside = _closest(queries[nearest_own["query"]][None], train, space, np.setdiff1d(everything, own))
+                beside = _closest(matrices[space], mine[[nearest_own["query"]]], others)
                 nearest_own["beside"] = {"train": train_set.relative_path(beside["train"]), "train_index": beside["train"],
                                          "similarity": beside["similarity"], "mirrored": beside["mirrored"]}
             for found in (nearest_own, nearest_other):
@@ -127,7 +130,7 @@ def privacy_report(train_set: ImageSet, fake_set: ImageSet, held_out: ImageSet |
     }
     generated = {}
     for space in SPACES:  # per image, any training image: the held-out reference's counterpart
-        generated[space] = nearest_with_mirrors(fake[space], train[space], train[f"{space}_mirrored"])[1]
+        generated[space] = matrices[space][0].max(axis=1)
         report["nearest_similarity"][space]["generated"] = distribution(generated[space])
         report["nearest_similarity"][space]["held_out"] = report["held_out_reference"].get(space, {"n": 0})
     report["_reference"], report["_generated"] = reference, generated
