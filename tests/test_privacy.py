@@ -62,6 +62,10 @@ def test_evaluate_flags_a_mirrored_copy_and_says_so(tmp_path):
     assert list(report)[:2] == ["inputs", "leakage"] and report["leakage"]["leaks"] is False
     markdown = (out / "report.md").read_text()
     assert markdown.index("## Leakage") < markdown.index("## Memorisation audit")
+    # The evaluation files name no absolute path of this machine: data folders by name, images within them.
+    assert flagged["fake_path"] == "fake/fundus_0000.png" and flagged["train_path"] == "real/train/fundus_0005.png"
+    for name in ("report.json", "report.md", "report.html"):
+        assert str(tmp_path) not in (out / name).read_text()
 
 
 def with_column(folder, column: str, values) -> None:
