@@ -15,6 +15,13 @@ from medart_core.lora import TRANSFORMER_TARGETS, add_lora, lora_config  # noqa:
 from medart_core.pipeline import Precision, load_pipeline  # noqa: E402
 from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline  # noqa: E402
 
+@pytest.fixture(autouse=True, scope="session")
+def patient_key_in_a_temp_folder(tmp_path_factory):
+    """DICOM conversions in tests make their patient-pseudonym key in a temp folder, never in the
+    user's data folder (subprocesses inherit it)."""
+    os.environ.setdefault("MEDART_PATIENT_KEY", str(tmp_path_factory.mktemp("patient-key") / "patient-key"))
+
+
 TINY = ScratchConfig()  # 32x32 images, 16x16x4 latents, 2 transformer layers, 2-layer T5
 
 
