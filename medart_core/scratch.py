@@ -151,3 +151,122 @@ def save_pipeline(pipe, folder: str | Path) -> Path:
     folder = Path(folder)
     pipe.save_pretrained(folder)
     return folder
+
+
+@dataclass(frozen=True)
+class SanaScratchConfig:
+    """Size of a from-scratch Sana pipeline (the stock classes at a few thousand parameters)."""
+
+    image_size: int = 32  # pixels; SanaPipeline needs a multiple of 32
+    vae_channels: tuple[int, ...] = (8, 8)  # one DC-AE stage each: ResBlock, then EfficientViTBlock
+    latent_channels: int = 4
+    transformer_layers: int = 2
+    attention_heads: int = 2
+    attention_head_dim: int = 8
+    text_width: int = 16  # Gemma2 hidden size = the transformer's caption_channels
+    text_layers: int = 2
+    vocab_size: int = 384
+    flow_shift: float = 3.0
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae_channels) - 1)
+
+
+GEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # Gemma's ids 0..4 (the tokenizer adds <mask> if absent)
+
+
+def train_gemma_tokenizer(vocab_size: int = 384, extra_text: Iterable[str] = ()):
+    """A GemmaTokenizerFast over a byte-pair model trained here with `tokenizers`.
+
+    transformers 5's `GemmaTokenizer(vocab_file=...)` silently yields a 5-token tokenizer, so the
+    trained model is wrapped as `tokenizer_object` and the length is checked. Sana's "complex human
+    instruction" prefix is in the corpus, so it splits into word pieces and not single letters.
+    """
+    import inspect
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GemmaTokenizerFast
+    from diffusers import SanaPipeline
+
+    instruction = inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default
+    sentences = [line for line in _CAPTION_CORPUS.strip().splitlines() if line] + list(instruction)
+    sentences += [str(t) for t in extra_text if str(t).strip()]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.decoder = decoders.Metaspace()
+    bpe.train_from_iterator(sentences, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(GEMMA_SPECIALS),
+                                                           show_progress=False))
+    pad, eos, bos, unk, mask = GEMMA_SPECIALS
+    bpe.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, bpe.token_to_id(bos))])
+    tokenizer = GemmaTokenizerFast(tokenizer_object=bpe, pad_token=pad, eos_token=eos, bos_token=bos, unk_token=unk,
+                                   mask_token=mask)
+    if len(tokenizer) != bpe.get_vocab_size():
+        raise RuntimeError(f"GemmaTokenizerFast has {len(tokenizer)} tokens, expected {bpe.get_vocab_size()}")
+    return tokenizer
+
+
+def build_sana_pipeline(config: SanaScratchConfig = SanaScratchConfig(), *, seed: int = 0, tokenizer=None):
+    """A randomly initialised `SanaPipeline` (SanaTransformer2DModel, AutoencoderDC, Gemma2Model,
+    DPM-Solver++ with flow prediction as Sana ships it), in eval mode, fp32, on CPU."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = tokenizer or train_gemma_tokenizer(config.vocab_size)
+    torch.manual_seed(seed)
+    inner_dim = config.attention_heads * config.attention_head_dim
+    transformer = SanaTransformer2DModel(
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,  # flow prediction: no variance half
+        num_attention_heads=config.attention_heads,
+        attention_head_dim=config.attention_head_dim,
+        num_layers=config.transformer_layers,
+        num_cross_attention_heads=config.attention_heads,
+        cross_attention_head_dim=config.attention_head_dim,
+        cross_attention_dim=inner_dim,
+        caption_channels=config.text_width,
+        sample_size=config.image_size // config.vae_scale_factor,
+        patch_size=1,
+    )
+    stages = len(config.vae_channels)
+    block_types = ("ResBlock",) + ("EfficientViTBlock",) * (stages - 1)
+    multiscales = ((),) + ((5,),) * (stages - 1)
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=config.latent_channels,
+        attention_head_dim=config.vae_channels[-1],  # one linear-attention head (32 would leave none)
+        encoder_block_types=block_types,
+        decoder_block_types=block_types,
+        encoder_block_out_channels=config.vae_channels,
+        decoder_block_out_channels=config.vae_channels,
+        encoder_layers_per_block=(1,) * stages,
+        decoder_layers_per_block=(1,) * stages,
+        encoder_qkv_multiscales=multiscales,
+        decoder_qkv_multiscales=multiscales,
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,  # Sana's DC-AE f32c32
+    )
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=config.text_width,
+            intermediate_size=2 * config.text_width,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=config.text_width // 2,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+    )
+    scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", prediction_type="flow_prediction",
+                                            use_flow_sigmas=True, flow_shift=config.flow_shift)
+    pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                        scheduler=scheduler)
+    for module in (transformer, vae, text_encoder):
+        module.eval()
+    return pipe
