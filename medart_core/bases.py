@@ -27,12 +27,22 @@ class Base:
     prediction_type: str  # what the transformer predicts
     learned_sigma: bool  # the transformer outputs (prediction, variance) halves
     used_by_paper: bool  # Guo et al. 2025 fine-tuned this base
+    clean_caption: bool = True  # the stock pipeline's default caption cleaning (PixArt: on, Sana: off)
 
     def pipeline_type(self):
         """The diffusers pipeline class (imported only when asked for)."""
         import diffusers
 
         return getattr(diffusers, self.pipeline_class)
+
+    def prompt_instruction(self) -> list[str] | None:
+        """The text the stock pipeline puts before every (non-negative) prompt: Sana's "complex
+        human instruction", read from `SanaPipeline.__call__`'s default so it is the stock one to
+        the letter; None for bases without one (PixArt)."""
+        import inspect
+
+        parameter = inspect.signature(self.pipeline_type().__call__).parameters.get("complex_human_instruction")
+        return list(parameter.default) if parameter is not None and parameter.default else None
 
 
 PIXART_ALPHA = Base(
@@ -56,7 +66,19 @@ PIXART_SIGMA = Base(
     used_by_paper=False,
 )
 
-BASES: dict[str, Base] = {base.pipeline_class: base for base in (PIXART_ALPHA, PIXART_SIGMA)}
+SANA = Base(
+    name="Sana",
+    pipeline_class="SanaPipeline",
+    text_encoder="Gemma 2 2B-it, with the complex human instruction prefix",
+    max_prompt_tokens=300,
+    vae="DC-AE (f32c32, 32 channels, scaling 0.41407)",
+    prediction_type="flow_prediction",
+    learned_sigma=False,
+    used_by_paper=False,
+    clean_caption=False,
+)
+
+BASES: dict[str, Base] = {base.pipeline_class: base for base in (PIXART_ALPHA, PIXART_SIGMA, SANA)}
 
 
 def supported() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medart_core.bases import PIXART_ALPHA, PIXART_SIGMA, Base
+from medart_core.bases import PIXART_ALPHA, PIXART_SIGMA, SANA, Base
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,41 @@ def _sigma(repo: str, resolution: int) -> Preset:
                   {"transformer": transformer, "vae": _SDXL_VAE, "text_encoder": _T5_V1_1_XXL})
 
 
+_SANA_600M_TRANSFORMER = dict(in_channels=32, out_channels=32, num_attention_heads=36, attention_head_dim=32,
+                              num_layers=28, num_cross_attention_heads=16, cross_attention_head_dim=72,
+                              cross_attention_dim=1152, caption_channels=2304, mlp_ratio=2.5, patch_size=1,
+                              norm_elementwise_affine=False, norm_eps=1e-6)
+_DC_AE_F32C32 = dict(in_channels=3, latent_channels=32, attention_head_dim=32,
+                     encoder_block_types=["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock",
+                                          "EfficientViTBlock", "EfficientViTBlock"],
+                     decoder_block_types=["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock",
+                                          "EfficientViTBlock", "EfficientViTBlock"],
+                     encoder_block_out_channels=[128, 256, 512, 512, 1024, 1024],
+                     decoder_block_out_channels=[128, 256, 512, 512, 1024, 1024],
+                     encoder_layers_per_block=[2, 2, 2, 3, 3, 3], decoder_layers_per_block=[3, 3, 3, 3, 3, 3],
+                     encoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
+                     decoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
+                     upsample_block_type="interpolate", downsample_block_type="Conv", decoder_norm_types="rms_norm",
+                     decoder_act_fns="silu", scaling_factor=0.41407)
+_GEMMA2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                  num_attention_heads=8, num_key_value_heads=4, head_dim=256)
+
+
+def _sana(repo: str, resolution: int) -> Preset:
+    # DC-AE compresses 32x, and Sana's transformer patches at 1: 512 px is a 16x16 latent
+    transformer = {**_SANA_600M_TRANSFORMER, "sample_size": resolution // 32}
+    return Preset(SANA, resolution, repo, repo,
+                  {"transformer": transformer, "vae": _DC_AE_F32C32, "text_encoder": _GEMMA2_2B})
+
+
 PRESETS: dict[str, Preset] = {
     "PixArt-alpha/PixArt-XL-2-512x512": _alpha("PixArt-alpha/PixArt-XL-2-512x512", 512),
     "PixArt-alpha/PixArt-XL-2-1024-MS": _alpha("PixArt-alpha/PixArt-XL-2-1024-MS", 1024),
     "PixArt-alpha/PixArt-Sigma-XL-2-512-MS": _sigma("PixArt-alpha/PixArt-Sigma-XL-2-512-MS", 512),
     "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": _sigma("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", 1024),
+    "Efficient-Large-Model/Sana_600M_512px_diffusers": _sana("Efficient-Large-Model/Sana_600M_512px_diffusers", 512),
+    "Efficient-Large-Model/Sana_600M_1024px_diffusers": _sana("Efficient-Large-Model/Sana_600M_1024px_diffusers",
+                                                              1024),
 }
 
 

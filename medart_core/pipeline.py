@@ -275,7 +275,7 @@ def load_pipeline(
     if embedding_cache is not None:
         from medart_core.cache import EmbeddingStore, text_cache_key
 
-        key = text_cache_key(pipe, str(model), max_tokens=base.max_prompt_tokens, clean_caption=True,
+        key = text_cache_key(pipe, str(model), max_tokens=base.max_prompt_tokens, clean_caption=base.clean_caption,
                              adapters=str(adapters.text_encoder or adapters.single_file or ""),
                              quantization=text_encoder_quantization)
         store = EmbeddingStore(embedding_cache, key)
@@ -297,12 +297,14 @@ class PromptEncoder:
     (`clear()`) when the text encoder's weights change; the store is keyed by those weights.
     """
 
-    def __init__(self, pipe, *, max_entries: int = 256, clean_caption: bool = True,
+    def __init__(self, pipe, *, max_entries: int = 256, clean_caption: bool | None = None,
                  max_tokens: int | None = None, store=None):
+        base = base_of_pipeline(pipe)
         self.pipe = pipe
         self.max_entries = max_entries
-        self.clean_caption = clean_caption
-        self.max_tokens = max_tokens or base_of_pipeline(pipe).max_prompt_tokens  # 120 alpha, 300 Sigma
+        self.clean_caption = base.clean_caption if clean_caption is None else clean_caption
+        self.max_tokens = max_tokens or base.max_prompt_tokens  # 120 alpha, 300 Sigma and Sana
+        self.instruction = base.prompt_instruction()  # Sana's complex human instruction; None for PixArt
         self.store = store
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.hits = self.misses = self.t5_calls = 0
@@ -341,14 +343,32 @@ class PromptEncoder:
 
     def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         self.t5_calls += 1
+        if self.instruction is None:
+            return self._encode_prompts(prompts)
+        # Sana: the stock pipeline prefixes the instruction to the prompts, not to the empty negative
+        # prompt; both come out max_tokens long, so one batch holds them again.
+        negatives = [i for i, p in enumerate(prompts) if p == ""]
+        positives = [i for i, p in enumerate(prompts) if p != ""]
+        parts = [(idx, self._encode_prompts([prompts[i] for i in idx], instruction))
+                 for idx, instruction in ((negatives, None), (positives, self.instruction)) if idx]
+        if len(parts) == 1:
+            return parts[0][1]
+        order = torch.tensor([i for idx, _ in parts for i in idx]).argsort()
+        embeds = torch.cat([encoded[0] for _, encoded in parts])[order.to(parts[0][1][0].device)]
+        mask = torch.cat([encoded[1] for _, encoded in parts])[order.to(parts[0][1][1].device)]
+        return embeds, mask
+
+    def _encode_prompts(self, prompts: list[str], instruction: list[str] | None = None):
         # Cut before encode_prompt: its caption cleaning is quadratic on a long unbroken run, and
         # holds the interpreter (every other request of the app waits) while it runs.
+        extra = {} if self.instruction is None else {"complex_human_instruction": instruction}
         embeds, mask, _, _ = self.pipe.encode_prompt(
             [bound_prompt(prompt) for prompt in prompts],
             do_classifier_free_guidance=False,
             device=self.pipe._execution_device,
             clean_caption=self.clean_caption,
             max_sequence_length=self.max_tokens,
+            **extra,
         )
         return embeds, mask
 

@@ -1,8 +1,10 @@
-"""The DPM-Solver++ sampling loop for PixArt (alpha and Sigma), shared by generation and HLDF training.
+"""The DPM-Solver++ sampling loop for PixArt (alpha and Sigma) and Sana, shared by generation and HLDF training.
 
 One plain function over a transformer, a scheduler and starting noise (in the manner of
 k-diffusion's samplers). It follows `diffusers.PixArtAlphaPipeline.__call__` (and
-`PixArtSigmaPipeline.__call__`, the same loop without micro-conditions) step for step, so
+`PixArtSigmaPipeline.__call__`, the same loop without micro-conditions, and `SanaPipeline.__call__`,
+where the scheduler's flow prediction replaces epsilon and the transformer takes a scaled
+timestep and no micro-conditions) step for step, so
 the same weights, seeds and settings give the same image, but it runs outside the pipeline's
 `torch.no_grad()`: with `requires_grad=True` a loss on the result back-propagates through every
 sampling step into LoRA adapters, which is what Hybrid-Level Diffusion Fine-tuning needs.
@@ -11,6 +13,7 @@ sampling step into LoRA adapters, which is what Hybrid-Level Diffusion Fine-tuni
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,8 +41,16 @@ class TextConditioning:
         return TextConditioning(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]))
 
 
-def micro_conditions(transformer, batch: int, height: int, width: int, *, device, dtype) -> dict:
-    """PixArt's resolution/aspect-ratio conditions, for a transformer that takes them (PixArt-alpha-1024)."""
+def takes_added_conditions(transformer) -> bool:
+    """PixArt's transformers take `added_cond_kwargs` (even when empty); Sana's has no such argument."""
+    return "added_cond_kwargs" in inspect.signature(transformer.forward).parameters
+
+
+def micro_conditions(transformer, batch: int, height: int, width: int, *, device, dtype) -> dict | None:
+    """PixArt's resolution/aspect-ratio conditions, for a transformer that takes them (PixArt-alpha-1024);
+    None for a transformer without the argument (Sana)."""
+    if not takes_added_conditions(transformer):
+        return None
     if not uses_micro_conditions(transformer):
         return {"resolution": None, "aspect_ratio": None}
     resolution = torch.tensor([height, width]).repeat(batch, 1).to(device=device, dtype=dtype)
@@ -47,19 +58,24 @@ def micro_conditions(transformer, batch: int, height: int, width: int, *, device
     return {"resolution": resolution, "aspect_ratio": aspect_ratio}
 
 
-def predict_noise(transformer, latents, timestep, text: TextConditioning, added_cond_kwargs: dict):
-    """One transformer call; returns the epsilon half of PixArt's (epsilon, sigma) output.
-    `timestep` is one value for the whole batch (sampling) or one per image (training)."""
+def predict_noise(transformer, latents, timestep, text: TextConditioning, added_cond_kwargs: dict | None):
+    """One transformer call; returns the epsilon half of PixArt's (epsilon, sigma) output, or Sana's
+    flow (velocity) prediction as it is. `timestep` is one value for the whole batch (sampling) or
+    one per image (training); Sana's transformer gets it times its `timestep_scale`, as
+    `SanaPipeline` passes it."""
     timestep = timestep.reshape(-1).to(latents.device)
     if timestep.numel() == 1:
         timestep = timestep.expand(latents.shape[0])
+    if "timestep_scale" in transformer.config:
+        timestep = timestep * transformer.config.timestep_scale
+    extra = {} if added_cond_kwargs is None else {"added_cond_kwargs": added_cond_kwargs}
     output = transformer(
         latents,
         encoder_hidden_states=text.embeds,
         encoder_attention_mask=text.mask,
         timestep=timestep,
-        added_cond_kwargs=added_cond_kwargs,
         return_dict=False,
+        **extra,
     )[0]
     if transformer.config.out_channels // 2 == latents.shape[1]:
         output = output.chunk(2, dim=1)[0]
@@ -103,7 +119,9 @@ def dpm_solver_sample(
     """Denoise `noise` (already scaled by the scheduler's init sigma) into clean latents.
 
     text / negative: conditioning for each image of the batch; with `guidance_scale > 1` and a
-        negative (the empty prompt for PixArt), both halves run in one transformer batch.
+        negative (the empty prompt, for PixArt and Sana), both halves run in one transformer batch.
+    scheduler: DPM-Solver++ as the base ships it: epsilon for PixArt; flow prediction with flow
+        sigmas and a flow shift for Sana (the scheduler's step does the rest).
     image_size: (height, width) in pixels, for PixArt-alpha-1024's micro-conditions.
     requires_grad: keep autograd on, so a loss on the result reaches trainable weights.
     grad_last_k: with requires_grad, record gradients for the last k steps only; earlier steps

@@ -39,6 +39,14 @@ def tiny_sigma_dir(tmp_path_factory):
     return save_pipeline(build_pipeline(TINY, seed=1, base=PIXART_SIGMA), tmp_path_factory.mktemp("tiny") / "sigma")
 
 
+@pytest.fixture(scope="session")
+def tiny_sana_dir(tmp_path_factory):
+    """A save_pretrained folder of a tiny SanaPipeline (Sana transformer, DC-AE, Gemma2, flow DPM-Solver++)."""
+    from medart_core.scratch import build_sana_pipeline
+
+    return save_pipeline(build_sana_pipeline(seed=2), tmp_path_factory.mktemp("tiny") / "sana")
+
+
 @pytest.fixture
 def tiny_model(tiny_pipeline_dir):
     return load_pipeline(tiny_pipeline_dir, precision=Precision.choose("cpu"))
