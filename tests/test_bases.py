@@ -143,10 +143,10 @@ def test_a_lora_file_without_its_config_is_refused(sigma_training_run, tiny_sigm
 @pytest.fixture
 def unsupported_dir(tmp_path):
     """A folder of another pipeline (only what detection reads: model_index.json)."""
-    folder = tmp_path / "sana"
+    folder = tmp_path / "flux"
     folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "SanaPipeline", "transformer":
-                                                         ["diffusers", "SanaTransformer2DModel"]}))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "transformer":
+                                                         ["diffusers", "FluxTransformer2DModel"]}))
     return folder
 
 
@@ -157,7 +157,8 @@ def test_an_unsupported_pipeline_gives_one_line_and_status_2(unsupported_dir, tm
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "gemm_4bit" not in line]  # bitsandbytes' import notice
     assert len(lines) == 1, result.stderr
-    assert "SanaPipeline" in lines[0] and "PixArtAlphaPipeline" in lines[0] and "PixArtSigmaPipeline" in lines[0]
+    assert "is a FluxPipeline" in lines[0]
+    assert all(name in lines[0] for name in ("PixArtAlphaPipeline", "PixArtSigmaPipeline", "SanaPipeline"))
     for argv in (["--data", "d"], ["--data", "d", "--plan", "cpu"]):
         assert train_module.main(["--model", str(unsupported_dir), *argv]) == 2
         assert "supported: PixArtAlphaPipeline" in capsys.readouterr().err
