@@ -75,3 +75,16 @@ def test_negative_prompt_has_no_instruction_prefix(tiny_sana_dir):
             PROMPTS, do_classifier_free_guidance=True, complex_human_instruction=SANA.prompt_instruction())
     assert torch.allclose(mixed[0][[0, 2]], stock_pos, atol=1e-6) and torch.equal(mixed[1][[0, 2]], stock_mask)
     assert torch.allclose(mixed[0][1], stock_neg[0], atol=1e-6) and torch.equal(mixed[1][1], neg_mask[0])
+
+
+def test_transformer_gets_the_scaled_timestep_as_in_sana_pipeline(tiny_sana_dir):
+    """Sana checkpoints may set `timestep_scale` (1.0 for Sana 600M); the stock loop multiplies by it."""
+    from medart_core.generation import GenerationSettings, generate_images
+
+    model = load_pipeline(tiny_sana_dir, precision=Precision.choose("cpu"))
+    model.pipe.transformer.register_to_config(timestep_scale=0.25)
+    ours = np.stack(generate_images(model, PROMPTS[:1], [7], GenerationSettings(steps=2, guidance=1.0, height=32,
+                                                                                width=32), output_type="np"))
+    stock = model.pipe(PROMPTS[:1], generator=[torch.Generator("cpu").manual_seed(7)], num_inference_steps=2,
+                       guidance_scale=1.0, height=32, width=32, use_resolution_binning=False, output_type="np").images
+    assert np.abs(ours - stock).max() < 1e-4
