@@ -15,6 +15,7 @@ COMMANDS = {
     "evaluate": "medart_core.commands.evaluate",
     "export": "medart_core.commands.export",
     "convert": "medart_core.commands.convert",
+    "accounts": "medart_core.commands.accounts",
 }
 
 
