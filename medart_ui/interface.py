@@ -57,6 +57,19 @@ def build_demo(app):
     return demo
 
 
+def sign_in_check(app):
+    """gradio's `auth` callable, or None without accounts. Async, with the argon2 check in a worker
+    thread: gradio calls a plain function inside its event loop, which would stall every user
+    for each sign-in attempt."""
+    if not app.signin.required:
+        return None
+    import anyio
+
+    async def check(user: str, password: str) -> bool:
+        return await anyio.to_thread.run_sync(app.verifier, user, password)
+    return check
+
+
 def launch_options(app, args: argparse.Namespace) -> dict:
     """demo.launch(...) keyword arguments: where to listen, who may sign in, which files to serve
     (and to whom)."""
@@ -65,7 +78,7 @@ def launch_options(app, args: argparse.Namespace) -> dict:
     from medart_core.store.uploads import MAX_UPLOAD_BYTES
     from medart_ui.files import FilesByRole
 
-    return {"server_name": args.host, "server_port": args.port, "auth": app.verifier,
+    return {"server_name": args.host, "server_port": args.port, "auth": sign_in_check(app),
             "max_file_size": MAX_UPLOAD_BYTES, "show_error": False,  # uploads bounded; no exception text shown
             "auth_message": AUTH_MESSAGE if app.signin.required else None,
             "allowed_paths": app.served_folders(), "head": review.KEYBOARD, "css": review.CSS,

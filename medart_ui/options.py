@@ -69,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="accounts file, one USER:ROLE:HASH per line (argon2id; plain USER:PASS lines are read as "
                           "admins, with a warning) (env MEDART_AUTH_FILE, or the file's content in MEDART_ACCOUNTS)")
     who.add_argument("--no-auth", action="store_true", default=False,
-                     help="no sign-in even when listening beyond this machine; everyone is then a reviewer and edits "
-                          "are recorded as 'anonymous' (env MEDART_NO_AUTH=1; default: off)")
+                     help="no sign-in even when listening beyond this machine; there everyone is then a reviewer "
+                          "(on loopback the one user is admin) and edits are recorded as 'anonymous' (env "
+                          "MEDART_NO_AUTH=1; default: off)")
     return parser.parse_args(argv)
 
 
