@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,19 +107,9 @@ def format_accounts(accounts: list[Account]) -> str:
 def write_accounts_file(path: str | Path, accounts: list[Account]) -> None:
     """Replace the file atomically, readable by its owner only (it holds hashes, but they can be
     attacked offline)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o600)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(format_accounts(accounts))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    from medart_core.data import write_text_atomic
+
+    write_text_atomic(path, format_accounts(accounts), mode=0o600)
 
 
 def plain_accounts_warning(accounts: list[Account], where: str) -> str | None:

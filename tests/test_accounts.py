@@ -4,10 +4,12 @@ unknown users as slowly as known ones and logs no password."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import stat
-import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,10 +17,19 @@ from medart_core.accounts import Verifier, parse_accounts, read_accounts_file
 from medart_core.errors import MedArtError
 
 
-def accounts_command(*args: str, password: str | None = None) -> subprocess.CompletedProcess:
-    """`python -m medart_core accounts ...` with the password on standard input (not a terminal)."""
-    return subprocess.run([sys.executable, "-m", "medart_core", "accounts", *args], input=password,
-                          capture_output=True, text=True, timeout=120)
+def accounts_command(*args: str, password: str | None = None) -> SimpleNamespace:
+    """`python -m medart_core accounts ...` (its main, in this process) with the password on a
+    standard input that is not a terminal, as a pipe gives it."""
+    from medart_core.__main__ import main
+
+    out, err, stdin = io.StringIO(), io.StringIO(), sys.stdin
+    sys.stdin = io.StringIO(password or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["accounts", *args])
+    finally:
+        sys.stdin = stdin
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_the_file_holds_hashes_and_a_changed_password_replaces_the_old(tmp_path):
