@@ -1,7 +1,6 @@
 """The Blocks: a header, one tab per module of medart_ui.tabs, and one page-load callback that
 shows each user the tabs of their role and fills them; and how the app is launched."""
 
-
 import argparse
 
 from medart_ui.shared import EVERYONE, READER, allow
