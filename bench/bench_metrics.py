@@ -57,8 +57,10 @@ def metric_times(n: int, quick: bool) -> dict[str, float]:
     from medart_core.metrics.classifier import ClassifierConfig, predict, train_classifier
     from medart_core.metrics.distances import (bootstrap_interval, frechet_distance, frechet_distance_lowrank,
                                                kernel_inception_distance)
+    from medart_core.metrics.diversity import Thumbnails, mean_pairwise_msssim, msssim_settings
     from medart_core.metrics.features import pixel_features
     from medart_core.metrics.memorization import audit
+    from medart_core.metrics.prdc import compute as prdc
 
     rng = np.random.default_rng(0)
     times = {}
@@ -69,7 +71,13 @@ def metric_times(n: int, quick: bool) -> dict[str, float]:
         replicates = 5 if quick else 20
         times[f"FD bootstrap, per replicate, D={dim}"] = timed(bootstrap_interval, real, fake, replicates)[0] / replicates
         times[f"KID 100 subsets, D={dim}"] = timed(kernel_inception_distance, real, fake, 100)[0]
+        times[f"PRDC k=5 (n x n distances: quadratic), D={dim}"] = timed(prdc, real, fake)[0]
     images = noise_images(n)
+    thumbnails = Thumbnails(n, 64)
+    times["diversity: thumbnails (64px, linear)"] = timed(lambda: [thumbnails.add(list(range(i, min(i + 32, n))),
+                                                                                  images[i:i + 32]) for i in range(0, n, 32)])[0]
+    times["diversity: MS-SSIM, 1000 pairs of one class (capped: flat in n)"] = timed(
+        mean_pairwise_msssim, thumbnails.images, msssim_settings(64), 1000)[0]
     stats = colour.ColorStats(n)
     times["colour statistics (64px)"] = timed(lambda: [stats.add(list(range(i, min(i + 32, n))), images[i:i + 32])
                                                       for i in range(0, n, 32)])[0]

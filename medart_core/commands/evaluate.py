@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 HELP = ("evaluate a synthetic set: FID/KID, domain Frechet distance, colour, conditional accuracy, "
-        "downstream classification, memorisation audit -> report.json, report.md, plots")
+        "downstream classification, memorisation audit, diversity (MS-SSIM), precision/recall/density/coverage "
+        "-> report.json, report.md, report.html, plots")
 
-METRICS = "fid,kid,dfd,color,conditional,classify,memorization"
+METRICS = "fid,kid,dfd,color,conditional,classify,memorization,diversity,prdc"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated subset of {METRICS} (default: all; metrics whose inputs are "
                              "missing are skipped with the reason; named metrics that cannot run are an error)")
     parser.add_argument("--features", default="domain",
-                        help="feature space of dfd and memorization: domain (the classifier in --classifier), "
+                        help="feature space of dfd, memorization and prdc (prdc also reports EfficientNet-Lite0 "
+                             "when this is another): domain (the classifier in --classifier), "
                              "domain:PATH (a classifier folder: trained and saved there when absent, reused after), "
                              "or efficientnet (ImageNet EfficientNet-Lite0, offline) (default: domain)")
     parser.add_argument("--classifier", default=None,
@@ -48,9 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inception-weights", default=None,
                         help="local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth for FID/KID "
                              "(default: torch's hub cache; when it cannot be loaded FID and KID are skipped)")
+    parser.add_argument("--diversity-pairs", type=int, default=1000,
+                        help="most image pairs per class for diversity's mean MS-SSIM, drawn with the first seed "
+                             "(default: 1000; the cost is linear in it)")
+    parser.add_argument("--prdc-k", type=int, default=5,
+                        help="k of precision/recall/density/coverage (nearest neighbours; Naeem et al. use 5); "
+                             "a class with fewer than k+2 images in a set is reported unavailable (default: 5)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per feature-extraction batch (default: 32)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
-    parser.add_argument("--out", required=True, help="report folder: report.json, report.md, PNG plots")
+    parser.add_argument("--out", required=True,
+                        help="report folder: report.json, report.md, report.html (self-contained), PNG plots")
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -76,6 +85,7 @@ def run(args: argparse.Namespace) -> None:
         classifier=ClassifierConfig(image_size=args.classifier_size, steps=args.classifier_steps, seed=seeds[0]),
         bootstrap=args.bootstrap, kid_subsets=args.kid_subsets, seeds=seeds, copy_threshold=args.copy_threshold,
         sheet_pairs=args.sheet_pairs, batch_size=args.batch_size, inception_weights=args.inception_weights,
+        diversity_pairs=args.diversity_pairs, prdc_k=args.prdc_k,
         explicit_metrics=args.metrics is not None, progress=not args.no_progress)
     report = evaluate(args.real, args.fake, args.train, args.out, config)
     print(_summary(report, args.out))
@@ -95,5 +105,10 @@ def _summary(report: dict, out: str) -> str:
         parts.append(f"conditional accuracy {report['conditional']['accuracy']:.3f}")
     if "memorization" in report:
         parts.append(f"{report['memorization']['n_flagged']} near-copies")
+    if "diversity" in report and report["diversity"]["ratio"] is not None:
+        parts.append(f"MS-SSIM ratio {report['diversity']['ratio']:.3g}")
+    if "prdc" in report and "recall" in report["prdc"]:
+        parts.append(f"precision {report['prdc']['precision']:.3g} recall {report['prdc']['recall']:.3g} "
+                     f"coverage {report['prdc']['coverage']:.3g}")
     skipped = f"; skipped {', '.join(report['skipped'])}" if report["skipped"] else ""
-    return f"{'; '.join(parts) or 'no metric computed'}{skipped} -> {out}/report.md"
+    return f"{'; '.join(parts) or 'no metric computed'}{skipped} -> {out}/report.html"

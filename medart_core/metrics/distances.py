@@ -98,7 +98,14 @@ def set_distances(real: np.ndarray, fake: np.ndarray, bootstrap: int, kid_subset
         "fd_ci95": bootstrap_interval(real, fake, bootstrap, seed),
         "kid": kernel_inception_distance(real, fake, subsets=kid_subsets, seed=seed),
         "warnings": sample_size_warnings(len(real), len(fake), real.shape[1]),
+        # n <= D: singular covariance, FD biased upward; KID (unbiased) is then the figure to read.
+        "fd_reliable": fd_reliable(len(real), len(fake), real.shape[1]),
     }
+
+
+def fd_reliable(n_real: int, n_fake: int, dim: int) -> bool:
+    """False when the smaller set has no more images than the feature dimension (singular covariance)."""
+    return min(n_real, n_fake) > dim
 
 
 def sample_size_warnings(n_real: int, n_fake: int, dim: int, inception: bool = False) -> list[str]:
@@ -107,7 +114,7 @@ def sample_size_warnings(n_real: int, n_fake: int, dim: int, inception: bool = F
     notes = []
     if n < MIN_N:
         notes.append(f"only {n} images in the smaller set (< {MIN_N}): FD and KID are dominated by sampling noise")
-    if n <= dim:
+    if not fd_reliable(n_real, n_fake, dim):
         notes.append(f"n={n} <= feature dimension {dim}: the covariance is singular and FD is biased upward; "
                      "compare FD only between runs with the same n, or rely on KID (unbiased)")
     if inception and n < FID_RELIABLE_N:

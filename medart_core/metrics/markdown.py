@@ -19,6 +19,96 @@ def _kid(kid) -> str:
     return f"{_num(kid['mean'])} ± {_num(kid['std'])}" if kid else "n/a"
 
 
+UNRELIABLE = "⚠ n ≤ D, unreliable"
+
+
+def _fd_cell(row: dict) -> str:
+    """FD with its warning beside it when the smaller set is not larger than the feature dimension."""
+    text = _num(row.get("fd"))
+    return f"{text} {UNRELIABLE}" if row.get("fd") is not None and row.get("fd_reliable") is False else text
+
+
+def _headline_distance(row: dict) -> str:
+    """KID (unbiased, with its spread) where FD is unreliable, else FD; the other one follows."""
+    if row.get("fd_reliable") is False:
+        return f"KID **{_kid(row.get('kid'))}** (FD {_fd_cell(row)})"
+    return f"FD **{_num(row.get('fd'))}** {_ci(row.get('fd_ci95'))} (KID {_kid(row.get('kid'))})"
+
+
+def _headline(report: dict) -> list[str]:
+    """One row per computed metric: the figure to read first, and where its details are."""
+    rows = []
+    if "fid" in report:
+        rows.append(("FID (Inception)", f"{_num(report['fid']['value'])} {_ci(report['fid']['ci95'])}"))
+    if "kid" in report:
+        rows.append(("KID (Inception)", _kid(report["kid"])))
+    if "dfd" in report:
+        rows.append(("distance in the feature space (below)", _headline_distance(report["dfd"])))
+    if "color" in report:
+        rows.append(("colour distance", _num(report["color"]["distance"].get("distance"))))
+    if "conditional" in report:
+        rows.append(("conditional accuracy", _num(report["conditional"]["accuracy"])))
+    if "classification" in report:
+        settings = report["classification"]["settings"]
+        rows.append(("downstream accuracy (real / synthetic / both)",
+                     " / ".join(_num(row.get("accuracy_mean")) for row in settings.values())))
+    if "memorization" in report:
+        mem = report["memorization"]
+        rows.append(("near-copies of training images", f"{mem['n_flagged']} / {mem['n_generated']}"))
+    if "diversity" in report:
+        div = report["diversity"]
+        rows.append(("diversity: MS-SSIM generated / real (ratio)",
+                     f"{_num(div['ms_ssim'])} / {_num(div['real_ms_ssim'])} ({_num(div['ratio'], 3)})"))
+    if "prdc" in report and "unavailable" not in report["prdc"]:
+        prdc = report["prdc"]
+        rows.append((f"precision / recall / density / coverage (k={prdc['k']})",
+                     " / ".join(_num(prdc[m], 3) for m in ("precision", "recall", "density", "coverage"))))
+    if not rows:
+        return []
+    return ["## Headline", "", "| metric | value |", "|---|---|"] + [f"| {m} | {v} |" for m, v in rows] + [""]
+
+
+def _diversity(div: dict) -> list[str]:
+    lines = ["## Diversity (mean pairwise MS-SSIM within a class; higher = less varied)", "",
+             f"torchmetrics MS-SSIM at {div['image_size']} px, {div['scales']} scales, kernel {div['kernel_size']}, "
+             f"betas {div['betas']}; at most {div['max_pairs_per_class']} seeded pairs per class. Ratio = generated / "
+             "real: above 1 the generated images of a class vary less than the real ones.", "",
+             "| class | n generated | n real | MS-SSIM generated | MS-SSIM real | ratio | pairs |", "|---|---|---|---|---|---|---|"]
+    lines.append(f"| all (mean over classes) | | | **{_num(div['ms_ssim'])}** | {_num(div['real_ms_ssim'])} "
+                 f"| **{_num(div['ratio'], 3)}** | {div['pairs']} |")
+    for label, row in div["per_class"].items():
+        ratio = _num(row["ratio"], 3) if "unavailable" not in row else f"unavailable: {row['unavailable']}"
+        lines.append(f"| {label} | {row['n']} | {row['n_real']} | {_num(row['ms_ssim'])} | {_num(row['real_ms_ssim'])} "
+                     f"| {ratio} | {row['pairs']} |")
+    return lines + [""]
+
+
+def _prdc_rows(block: dict) -> list[str]:
+    lines = ["| class | n real | n fake | precision | recall | density | coverage |", "|---|---|---|---|---|---|---|"]
+    for label, row in [("all", block), *block.get("per_class", {}).items()]:
+        if "unavailable" in row:
+            lines.append(f"| {label} | {row.get('n_real', '')} | {row.get('n_fake', '')} | unavailable: {row['unavailable']} | | | |")
+            continue
+        lines.append(f"| {label} | {row['n_real']} | {row['n_fake']} | "
+                     + " | ".join(_num(row[m], 3) for m in ("precision", "recall", "density", "coverage")) + " |")
+    return lines + [""]
+
+
+def _prdc(prdc: dict) -> list[str]:
+    lines = [f"## Precision, recall, density, coverage (Naeem et al., 2020; k={prdc['k']})", "",
+             "Precision: generated images inside the real manifold (fidelity). Recall and coverage: real images "
+             "reached by the generated set (variety; a collapsed set scores near 0). Density about 1 for matching "
+             "sets. The k-nearest-neighbour balls are noisy at small n; compare runs at the same n.", "",
+             f"In {prdc['feature_space']}:", ""] + _prdc_rows(prdc)
+    other = prdc.get("efficientnet")
+    if other:
+        if "unavailable" in other and "per_class" not in other:
+            lines += [f"In EfficientNet-Lite0: unavailable: {other['unavailable']}", ""]
+        else:
+            lines += [f"In {other['feature_space']}:", ""] + _prdc_rows(other)
+    return lines
+
+
 def render(report: dict) -> str:
     inputs = report["inputs"]
     lines = ["# Med-Art evaluation report", ""]
@@ -29,6 +119,7 @@ def render(report: dict) -> str:
             lines.append(f"- **{role}**: `{info['path']}`{split}, {info['n']} images, classes {info['classes'] or 'none'}")
     lines.append(f"- feature space: {report['settings'].get('feature_space') or 'n/a'}")
     lines.append("")
+    lines += _headline(report)
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     if report["skipped"]:
@@ -48,11 +139,20 @@ def render(report: dict) -> str:
     if "dfd" in report:
         dfd = report["dfd"]
         lines += [f"## Frechet distance and KID in {dfd['feature_space']}", "",
+                  f"Where n ≤ D={dfd['feature_dim']} (marked {UNRELIABLE}) the covariance is singular and FD is biased "
+                  "upward: read KID there (unbiased at small n). KID's ± is its std over subsets; a subset is never "
+                  "larger than the smaller set, so at small n it spans that whole set and the ± shows the other "
+                  "set's sampling only (0 when both sets have the same n).", "",
                   "| class | n real | n fake | FD | FD 95% CI | KID mean ± std |", "|---|---|---|---|---|---|"]
         rows = [("all", dfd)] + list(dfd.get("per_class", {}).items())
         for label, row in rows:
-            lines.append(f"| {label} | {row['n_real']} | {row['n_fake']} | {_num(row.get('fd'))} | {_ci(row.get('fd_ci95'))} "
-                         f"| {_kid(row.get('kid'))} |")
+            kid = _kid(row.get("kid"))
+            kid = f"**{kid}**" if row.get("fd_reliable") is False else kid
+            lines.append(f"| {label} | {row['n_real']} | {row['n_fake']} | {_fd_cell(row)} | {_ci(row.get('fd_ci95'))} "
+                         f"| {kid} |")
+        lines.append("")
+        for label, row in rows[1:]:  # the overall row's warnings are in the Warnings section above
+            lines += [f"- {label}: {note}" for note in row.get("warnings", [])]
         lines.append("")
 
     if "color" in report:
@@ -109,6 +209,11 @@ def render(report: dict) -> str:
             lines += ["| generated | training image | pixel correlation |", "|---|---|---|"]
             lines += [f"| `{f['fake_path']}` | `{f['train_path']}` | {_num(f['pixel_similarity'])} |" for f in mem["flagged"][:50]]
             lines.append("")
+
+    if "diversity" in report:
+        lines += _diversity(report["diversity"])
+    if "prdc" in report:
+        lines += _prdc(report["prdc"])
 
     if report["plots"]:
         lines += ["## Plots", ""] + [f"![{name}]({file})" for name, file in report["plots"].items()] + [""]

@@ -125,3 +125,23 @@ def class_samples(rows: list[dict], load, path: Path, thumb: float = 1.1) -> Pat
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def grouped_bars(rows: dict[str, tuple], names: tuple[str, ...], path: Path, title: str, ylabel: str) -> Path:
+    """One group of bars per class (e.g. real vs generated MS-SSIM, or precision / recall / coverage), 0..1."""
+    plt = _pyplot()
+    labels = list(rows)
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) * len(names) / 2 + 2), 3.4))
+    for n, name in enumerate(names):
+        values = [rows[label][n] if rows[label][n] is not None else 0.0 for label in labels]
+        ax.bar(np.arange(len(labels)) + (n - (len(names) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

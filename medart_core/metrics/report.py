@@ -25,7 +25,7 @@ from medart_core.metrics.sets import ImageSet, resolve_sets
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("fid", "kid", "dfd", "color", "conditional", "classify", "memorization")
+METRICS = ("fid", "kid", "dfd", "color", "conditional", "classify", "memorization", "diversity", "prdc")
 
 
 @dataclass
@@ -43,6 +43,8 @@ class EvaluationConfig:
     sheet_pairs: int = 12
     batch_size: int = 32
     inception_weights: str | None = None
+    diversity_pairs: int = 1000  # MS-SSIM pairs per class, seeded (the cost stays linear in n)
+    prdc_k: int = 5  # Naeem et al.'s k
     explicit_metrics: bool = False  # metrics named by the user: missing inputs are errors, not skips
     progress: bool = True
 
@@ -56,6 +58,8 @@ class EvaluationConfig:
             raise MedArtError("--features domain:PATH needs a folder after 'domain:'")
         if not 0 < self.copy_threshold <= 1:
             raise MedArtError(f"--copy-threshold must be in (0, 1], got {self.copy_threshold}")
+        if self.diversity_pairs < 1 or self.prdc_k < 1:
+            raise MedArtError("--diversity-pairs and --prdc-k must be at least 1")
         if self.bootstrap < 0 or self.kid_subsets < 1 or self.batch_size < 1 or not self.seeds:
             raise MedArtError("--bootstrap >= 0, --kid-subsets >= 1, --batch-size >= 1 and one seed at least are needed")
         self.classifier.check()
@@ -70,7 +74,7 @@ class EvaluationConfig:
 
 def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: str | Path,
              config: EvaluationConfig | None = None) -> dict:
-    """Compute the metrics, write report.json, report.md and plots to `out`; return the report."""
+    """Compute the metrics, write report.json, report.md, report.html and plots to `out`; return the report."""
     config = config or EvaluationConfig()
     config.check()
     out = Path(out)
@@ -98,7 +102,7 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
 
     # The feature space of dfd and memorisation, and the real-trained classifier.
     classifier, feature_module = None, None
-    uses_domain = config.features != "efficientnet" and wanted & {"dfd", "memorization"}
+    uses_domain = config.features != "efficientnet" and wanted & {"dfd", "memorization", "prdc"}
     if "conditional" in wanted or uses_domain:
         start = time.perf_counter()
         try:
@@ -107,14 +111,14 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
         except MedArtError as err:
             if config.explicit_metrics:
                 raise
-            for metric in ("conditional", "dfd", "memorization") if uses_domain else ("conditional",):
+            for metric in ("conditional", "dfd", "memorization", "prdc") if uses_domain else ("conditional",):
                 if metric in wanted:
                     skip(metric, str(err))
         report["timings_s"]["domain_classifier"] = time.perf_counter() - start
         if classifier is not None:
             report["domain_classifier"] = {"folder": str(classifier.folder), "classes": classifier.classes,
                                            "config": asdict(classifier.config), **classifier.info}
-    if wanted & {"dfd", "memorization"}:
+    if wanted & {"dfd", "memorization", "prdc"}:
         if config.features == "efficientnet":
             from medart_core.metrics.features import efficientnet_lite0_features
 
@@ -122,6 +126,23 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
         elif classifier is not None:
             feature_module = classifier.features_module()
     report["settings"]["feature_space"] = getattr(feature_module, "description", None)
+    # PRDC is also reported in the ImageNet space when the chosen one is another (comparable across runs).
+    efficientnet_module, efficientnet_error = None, None
+    if "prdc" in wanted and config.features != "efficientnet":
+        from medart_core.metrics.features import efficientnet_lite0_features
+
+        try:
+            efficientnet_module = efficientnet_lite0_features()
+        except MedArtError as err:
+            efficientnet_error = str(err)
+    diversity_size = None
+    if "diversity" in wanted:
+        from medart_core.metrics.diversity import comparison_size
+
+        try:
+            diversity_size = comparison_size([record.path for record in fake_set.records])
+        except ValueError as err:
+            skip("diversity", str(err))
 
     library = None
     if wanted & {"fid", "kid"}:
@@ -138,6 +159,7 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
     # One reading pass per set.
     color_stats = {}
     features: dict[str, dict[str, np.ndarray]] = {}
+    thumbnail_sets = {}
     for role, image_set, real_flag in (("real", real_set, True), ("synthetic", fake_set, False),
                                        ("training", train_set, None)):
         if image_set is None:
@@ -151,17 +173,27 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
             extractors["pixels"] = pixel_features()
         if "conditional" in wanted and role != "training" and classifier is not None:
             extractors["logits"] = classifier.logits_module()
+        if efficientnet_module is not None and role != "training":
+            extractors["efficientnet"] = efficientnet_module
         needs_color = "color" in wanted and role != "training"
         needs_library = library is not None and role != "training"
-        if not extractors and not needs_color and not needs_library:
+        needs_thumbnails = "diversity" in wanted and role != "training"
+        if not extractors and not needs_color and not needs_library and not needs_thumbnails:
             continue
         stats = colour.ColorStats(len(image_set)) if needs_color else None
+        thumbnails = None
+        if needs_thumbnails:
+            from medart_core.metrics.diversity import Thumbnails
 
-        def visit(indices, batch, stats=stats, real_flag=real_flag, needs_library=needs_library):
+            thumbnails = thumbnail_sets[role] = Thumbnails(len(image_set), diversity_size)
+
+        def visit(indices, batch, stats=stats, real_flag=real_flag, needs_library=needs_library, thumbnails=thumbnails):
             if stats is not None:
                 stats.add(indices, batch)
             if needs_library:
                 library.update(batch, real=real_flag)
+            if thumbnails is not None:
+                thumbnails.add(indices, batch)
 
         start = time.perf_counter()
         features[role] = _extract(image_set, extractors, config, visit)
@@ -171,10 +203,11 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
 
     sections = [("fid", _library_section), ("dfd", _dfd_section), ("color", _color_section),
                 ("conditional", _conditional_section), ("classify", _classify_section),
-                ("memorization", _memorization_section)]
+                ("memorization", _memorization_section), ("diversity", _diversity_section), ("prdc", _prdc_section)]
     context = {"config": config, "out": out, "real": real_set, "fake": fake_set, "train": train_set,
                "features": features, "color": color_stats, "library": library, "classifier": classifier,
-               "wanted": wanted, "report": report}
+               "wanted": wanted, "report": report, "thumbnails": thumbnail_sets,
+               "efficientnet": (efficientnet_module, efficientnet_error)}
     for metric, compute in sections:
         if metric in wanted or (metric == "fid" and "kid" in wanted):
             start = time.perf_counter()
@@ -308,6 +341,52 @@ def _classify_section(ctx) -> None:
         ctx["train"], ctx["fake"], ctx["real"], config.classifier, list(config.seeds), progress=config.progress)
 
 
+def _classes_or_all(ctx) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The classes both sets share, or the whole sets as one class "all" when they share none."""
+    return _shared_classes(ctx["real"], ctx["fake"]) or [("all", np.arange(len(ctx["real"])), np.arange(len(ctx["fake"])))]
+
+
+def _diversity_section(ctx) -> None:
+    from medart_core.metrics import plots
+    from medart_core.metrics.diversity import diversity_section, msssim_settings
+
+    config, report, thumbnails = ctx["config"], ctx["report"], ctx["thumbnails"]
+    size = thumbnails["synthetic"].size
+    section = diversity_section(thumbnails["real"].images, thumbnails["synthetic"].images, _classes_or_all(ctx),
+                                msssim_settings(size), config.diversity_pairs, config.classifier.seed)
+    report["diversity"] = section
+    rows = {label: (row["real_ms_ssim"], row["ms_ssim"]) for label, row in section["per_class"].items()
+            if "unavailable" not in row}
+    if rows:
+        report["plots"]["diversity"] = plots.grouped_bars(
+            rows, ("real", "generated"), ctx["out"] / "diversity.png",
+            f"mean pairwise MS-SSIM per class ({section['scales']} scales at {size} px; higher = less varied)",
+            "MS-SSIM").name
+
+
+def _prdc_section(ctx) -> None:
+    from medart_core.metrics import plots
+    from medart_core.metrics.prdc import prdc_section
+
+    config, report, feats = ctx["config"], ctx["report"], ctx["features"]
+    classes = _classes_or_all(ctx) if _shared_classes(ctx["real"], ctx["fake"]) else []
+    section = prdc_section(feats["real"]["features"], feats["synthetic"]["features"], classes,
+                           report["settings"]["feature_space"], config.prdc_k)
+    module, error = ctx["efficientnet"]
+    if module is not None:
+        section["efficientnet"] = prdc_section(feats["real"]["efficientnet"], feats["synthetic"]["efficientnet"],
+                                               classes, module.description, config.prdc_k)
+    elif error is not None:
+        section["efficientnet"] = {"unavailable": error}
+    report["prdc"] = section
+    rows = {label: (row["precision"], row["recall"], row["coverage"])
+            for label, row in [("all", section), *section["per_class"].items()] if "unavailable" not in row}
+    if rows:
+        report["plots"]["prdc"] = plots.grouped_bars(
+            rows, ("precision", "recall", "coverage"), ctx["out"] / "precision_recall.png",
+            f"precision (fidelity), recall and coverage (variety), k={config.prdc_k}", "fraction").name
+
+
 def _memorization_section(ctx) -> None:
     from medart_core.data import load_rgb
     from medart_core.metrics import plots
@@ -368,11 +447,14 @@ def _plain(value):
 
 
 def _write(report: dict, out: Path) -> None:
+    from medart_core.metrics.html import render_html
     from medart_core.metrics.markdown import render
 
     plain = _plain(report)
     report.clear()
     report.update(plain)
     (out / "report.json").write_text(json.dumps(plain, indent=2, ensure_ascii=False) + "\n")
-    (out / "report.md").write_text(render(plain))
-    logger.info("wrote %s and %s", out / "report.json", out / "report.md")
+    markdown = render(plain)
+    (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(render_html(markdown, out))
+    logger.info("wrote %s, %s and %s", out / "report.json", out / "report.md", out / "report.html")
