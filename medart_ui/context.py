@@ -62,6 +62,11 @@ class Generator:
                 self._model = load_pipeline(self.model_name, lora=self.lora)
             return self._model
 
+    def prepare(self) -> None:
+        """Load, then sample one image for one step: the first sampling pays one-time costs (lazy
+        imports, the tokenizer's and the kernels' first use) that loading alone does not."""
+        self(["warm-up"], [0], 1, self.defaults.guidance)
+
     def __call__(self, prompts: list[str], seeds: list[int], steps: int, guidance: float, progress=None):
         """PIL images, one per (prompt, seed)."""
         from medart_core.generation import GenerationSettings, generate_images
@@ -154,9 +159,9 @@ class App:
         return set()
 
     def preload(self):
-        """Load the generator in the background, so the first Generate does not wait for it."""
+        """Load and warm up the generator in the background, so the first Generate does not wait for it."""
         if self.generator.model_name:
-            return self.jobs.start(PRELOAD_JOB, self.generator.load)
+            return self.jobs.start(PRELOAD_JOB, self.generator.prepare)
         return None
 
 
