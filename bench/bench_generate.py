@@ -47,6 +47,9 @@ def median_seconds(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small model, for a smoke run")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps (default: 20)")
