@@ -98,6 +98,11 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> Path:
     return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def write_json_atomic(path: str | Path, data) -> Path:
+    """One JSON document, written atomically (see write_text_atomic): never half a file."""
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
 def read_prompts(path: str | Path) -> list[dict]:
     """Prompts from JSONL with `text` and optional `label` (a real set's metadata.jsonl works)."""
     prompts = []

@@ -44,9 +44,12 @@ class Generator:
 
     def status(self) -> str:
         if not self.model_name:
+            from medart_core.model_presets import PRESETS
+
+            presets = ", ".join(f"`{name}`" for name in PRESETS)
             return ("**No model loaded**, so Generate and Compare are off: start the app with "
-                    "`--model PixArt-alpha/PixArt-XL-2-512x512` (online) or `--model PATH` to a local "
-                    "diffusers PixArt-alpha folder. Review works without a model.")
+                    f"`--model` and a preset ({presets}; online) or `--model PATH` to a local "
+                    "diffusers PixArt-alpha or PixArt-Sigma folder. Review works without a model.")
         adapters = f" with LoRA `{self.lora}`" if self.lora else ""
         return f"Model: `{self.model_name}`{adapters}. Every generated image is marked as synthetic."
 

@@ -35,6 +35,9 @@ MEDART_ACCOUNTS; an explicit sign-in option wins over the environment.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from medart_core.bases import supported
+    from medart_core.model_presets import preset_help
+
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="app.py", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,8 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="writable folder for the default store, uploads, generated images and exports (env "
                              "MEDART_HOME; default: the Space's /data/medart when present, else the user data folder)")
     parser.add_argument("--model", default=env("MEDART_MODEL", str(DEMO_MODEL) if DEMO_MODEL.is_dir() else None),
-                        help="PixArt-alpha pipeline: hub id or local folder, loaded in the background at start "
-                             "(env MEDART_MODEL; default: the bundled demo model assets/demo_model when present)")
+                        help=f"base pipeline: a preset ({preset_help()}), or a hub id or local folder of a "
+                             f"supported pipeline ({supported()}), loaded in the background at start (env "
+                             "MEDART_MODEL; default: the bundled demo model assets/demo_model when present)")
     parser.add_argument("--lora", default=env("MEDART_LORA"),
                         help="LoRA adapter folder or training output folder (env MEDART_LORA; default: none)")
     parser.add_argument("--vlm", default=env("MEDART_VLM", "fallback"),
