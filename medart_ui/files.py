@@ -63,3 +63,44 @@ class FilesByRole:
                 await response(scope, receive, send)
                 return
         await self.asgi(scope, receive, send)
+
+
+def identifying_upload(path) -> bool:
+    """A DICOM/NIfTI file or a zip (which may hold them): its name and header may identify a patient."""
+    from medart_core.medical_io import is_medical_file
+
+    return is_medical_file(path) or str(path).lower().endswith(".zip")
+
+
+def forget_uploads(paths) -> list[Path]:
+    """Delete gradio's cached copies of uploaded medical files (and zips): once converted, or when
+    the upload was cancelled or replaced, nothing may serve them back under their original name.
+    Only files inside gradio's upload folder are touched. Returns the files deleted."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()).resolve()
+    deleted = []
+    for name in paths or []:
+        path = Path(name if isinstance(name, (str, Path)) else getattr(name, "name", name))  # gradio's file objects
+        try:
+            inside = path.resolve().is_relative_to(folder)
+        except (OSError, ValueError):
+            continue
+        if inside and identifying_upload(path) and path.is_file():
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted
+
+
+def sweep_uploads() -> list[Path]:
+    """At start: delete the medical files an earlier run left in gradio's upload folder (an upload
+    chosen but never submitted, a crash mid-conversion)."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder())
+    if not folder.is_dir():
+        return []
+    deleted = forget_uploads(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    if deleted:
+        logger.warning("deleted %d medical upload(s) left in gradio's upload folder %s", len(deleted), folder)
+    return deleted

@@ -3,7 +3,7 @@ shows each user the tabs of their role and fills them; and how the app is launch
 
 import argparse
 
-from medart_ui.shared import EVERYONE, READER, allow
+from medart_ui.shared import EVERYONE, READER, allow, as_text
 from medart_ui.tabs import compare, generate, review
 
 TABS = (review, generate, compare)  # coming: team review, dashboard, reader study, training
@@ -11,7 +11,7 @@ AUTH_MESSAGE = "Med-Art: sign in with your account; every edit records your name
 
 
 def greeting(app, request) -> str:
-    who, role = app.author(request), app.role(request)
+    who, role = as_text(app.author(request)), app.role(request)
     if role == READER:
         return (f"Signed in as **{who}** (reader). The reader studies you are invited to appear here; descriptions, "
                 "generation and comparison are not shown to readers.")
@@ -38,7 +38,7 @@ def build_demo(app):
         def on_load(values: dict, request: gr.Request):
             role = app.role(request)
             shown = app.warnings if role != READER else []
-            updates = ["\n\n".join(f"**Warning:** {w}" for w in shown), greeting(app, request)]
+            updates = ["\n\n".join(f"**Warning:** {as_text(w)}" for w in shown), greeting(app, request)]
             for module, _, fill in built:
                 visible = role in module.ROLES
                 updates.append(gr.Tab(visible=visible))
@@ -87,6 +87,9 @@ def launch_options(app, args: argparse.Namespace) -> dict:
 def serve(app, args: argparse.Namespace, *, preload: bool = True, **overrides):
     """Build and launch the app without blocking; then load the generator in the background, so
     neither the page nor the first Generate waits for it."""
+    from medart_ui.files import sweep_uploads
+
+    sweep_uploads()
     demo = build_demo(app)
     demo.queue().launch(**(launch_options(app, args) | {"prevent_thread_lock": True} | overrides))
     if preload:

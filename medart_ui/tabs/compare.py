@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from medart_core.errors import MedArtError
-from medart_ui.shared import STAFF, Fill, allow, generate_files, gpu
+from medart_ui.shared import STAFF, Fill, allow, as_text, generate_files, gpu, whole_number
 
 TITLE, ID, ROLES = "Compare", "compare", STAFF
 
@@ -56,11 +56,12 @@ def build(app) -> Fill:
             raise MedArtError(f"no real images of class {label!r} in the store")
         approved = [e for e in real if e.status == "approved"]
         text = " ".join((description or "").split()) or (approved or real)[0].text
-        real = real[: int(n)]
-        fake, files = generate_files(app, text, label, 0, step_count, app.generator.defaults.guidance, int(n), progress)
+        n = whole_number(n, "count")
+        real = real[:n]
+        fake, files = generate_files(app, text, label, 0, step_count, app.generator.defaults.guidance, n, progress)
         figure = Path(files[0]).parent / ".colour-histograms.png"
         table, distance = colour_comparison([e.path for e in real], files, figure, f"{label}: real vs generated")
-        note = (f"Prompt: *{text}*  \nColour distance (mean |Δmean| + |Δstd| over channels, the HLDF colour-loss "
+        note = (f"Prompt: *{as_text(text)}*  \nColour distance (mean |Δmean| + |Δstd| over channels, the HLDF colour-loss "
                 f"quantity): **{distance.get('distance', float('nan')):.4f}** · histogram Wasserstein "
                 f"{distance.get('histogram_wasserstein_mean', float('nan')):.4f}")
         return note, [(str(e.path), e.key) for e in real], fake, str(figure), table

@@ -4,15 +4,16 @@ get_description, list_images, export), the same store calls as the buttons."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import gradio as gr
 
 from medart_core.errors import MedArtError
-from medart_ui.shared import STAFF, Fill, allow, gpu
+from medart_ui.files import forget_uploads
+from medart_ui.shared import STAFF, Fill, allow, as_text, gpu, whole_number
 
 TITLE, ID, ROLES = "Review", "review", STAFF
 STATUS_CHOICES = ["all", "generated", "edited", "approved", "flagged"]
+HISTORY_CHARS = 300  # a history cell shows this much of a text; the whole one on demand
 HISTORY_HEADERS = ["revision", "time (UTC)", "author", "action", "status", "source", "text / reason"]
 KEYBOARD = """<script>
 // Review shortcuts: Alt+S save, Alt+A approve, Alt+N next, Alt+P previous image.
@@ -45,19 +46,40 @@ def show_entry(app, key: str | None):
     entry = app.store.get(key)
     history = app.store.history(key)
     last = history[-1]
-    details = [f"### {entry.key}", f"**Status: {entry.status.upper()}** (revision {entry.revision}, "
-               f"{last.action} by **{last.author}** at {last.created_at:%Y-%m-%d %H:%M} UTC)",
-               f"Label: `{entry.label}` · simple caption: {entry.simple_caption or '—'} · text source: `{entry.source}`"
-               + (f" · rule fired: `{entry.rule}`" if entry.rule else "")]
+    details = [f"### {as_text(entry.key)}", f"**Status: {entry.status.upper()}** (revision {entry.revision}, "
+               f"{last.action} by **{as_text(last.author)}** at {last.created_at:%Y-%m-%d %H:%M} UTC)",
+               f"Label: {as_text(entry.label)} · simple caption: {as_text(entry.simple_caption) or '—'} · "
+               f"text source: {as_text(entry.source)}" + (f" · rule fired: {as_text(entry.rule)}" if entry.rule else "")]
     if entry.source_file:
-        details.append(f"From volume: {entry.source_file}" + (f", slice {entry.slice}" if entry.slice is not None else ""))
+        details.append(f"From volume: {as_text(entry.source_file)}"
+                       + (f", slice {entry.slice}" if entry.slice is not None else ""))
     if entry.status == "flagged":
-        details.append(f"**Flagged:** {last.reason or next((r.reason for r in reversed(history) if r.reason), '')}")
+        reason = last.reason or next((r.reason for r in reversed(history) if r.reason), "")
+        details.append(f"**Flagged:** {as_text(reason)}")
     rows = [[r.number, f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.author, r.action, r.status, r.source,
-             r.reason if r.action in ("flag", "rehash") else r.text] for r in reversed(history)]
+             shortened(r.reason if r.action in ("flag", "rehash") else r.text)] for r in reversed(history)]
     earlier = [r.number for r in history if r.action not in ("approve", "flag") and r.number < entry.revision]
     return (str(entry.path), "\n\n".join(details), entry.text, entry.revision, rows,
             gr.update(choices=earlier, value=earlier[-1] if earlier else None), "")
+
+
+def shortened(text: str | None, limit: int = HISTORY_CHARS) -> str:
+    """A history cell: long texts cut, saying how long the whole is (shown whole by "Show text")."""
+    text = text or ""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters: the whole text under 'Show text of revision')"
+
+
+def revision_text(app, key: str | None, number) -> str:
+    """The whole text (or flag reason) of one revision of an image, for the history's "Show text"."""
+    if not key:
+        raise MedArtError("choose an image first")
+    number = whole_number(number, "revision")
+    for record in app.store.history(key):
+        if record.number == number:
+            return (record.reason if record.action in ("flag", "rehash") else record.text) or ""
+    raise MedArtError(f"{key} has no revision {number}")
 
 
 def entry_as_dict(app, key: str) -> dict:
@@ -85,7 +107,6 @@ def regenerate_text(app, entry) -> tuple[str, str, str]:
 
 def build(app) -> Fill:
     from medart_core.caption_templates import builtin_template_names
-    from medart_core.medical_io import is_medical_file
     from medart_core.store import caption_describer, export_dataset, import_dataset
     from medart_core.store.uploads import stage_uploads
 
@@ -119,6 +140,11 @@ def build(app) -> Fill:
                 undo = gr.Button("Undo", elem_id="undo-button", scale=1)
     history = gr.Dataframe(headers=HISTORY_HEADERS, label="History (newest first)", interactive=False,
                            wrap=True, elem_id="history")
+    with gr.Row():
+        shown_revision = gr.Number(label="Show text of revision", precision=0, scale=1, elem_id="shown-revision")
+        show_text = gr.Button("Show text", scale=0, elem_id="show-text-button")
+        revision_full_text = gr.Textbox(label="Whole text of that revision", lines=3, interactive=False, scale=4,
+                                        elem_id="revision-text")
     with gr.Accordion("Export for training", open=False):
         export_which = gr.Radio(["approved only", "all"], value="approved only", label="Descriptions")
         export_button = gr.Button("Export", elem_id="export-button")
@@ -131,6 +157,7 @@ def build(app) -> Fill:
             upload_label = gr.Textbox(label="Label (class)")
             upload_modality = gr.Dropdown(builtin_template_names(), label="Modality (description template)")
             upload_split = gr.Radio(["train", "test"], value="train", label="Split")
+        uploads_before = gr.State([])  # what the upload box held, to delete what leaves it
         add_button = gr.Button("Add and describe")
         add_result = gr.Markdown()
 
@@ -197,7 +224,7 @@ def build(app) -> Fill:
         require_image(key)
         if to in (None, ""):
             raise MedArtError("choose the revision to go back to")
-        app.store.revert(key, int(to), revision=seen, author=app.author(request))
+        app.store.revert(key, whole_number(to, "revision"), revision=seen, author=app.author(request))
         return shown(key)
 
     @staff
@@ -220,6 +247,12 @@ def build(app) -> Fill:
     regenerate.click(gpu(on_regenerate), [picker, revision], after, api_visibility="private")
 
     @staff
+    def on_show_text(key, number, request: gr.Request):
+        return revision_text(app, key, number)
+
+    show_text.click(on_show_text, [picker, shown_revision], revision_full_text, api_visibility="private")
+
+    @staff
     def export(which, request: gr.Request, progress=gr.Progress()):
         summary = export_dataset(app.store, app.exports, approved_only=which == "approved only",
                                  progress=lambda i, n: progress((i, n), desc="copying images"))
@@ -240,14 +273,22 @@ def build(app) -> Fill:
         try:
             batch = stage_uploads(names, app.uploads, split=split, label=label, modality=modality, problems=problems)
         finally:  # gradio's cached copies of DICOM/NIfTI (and zips of them) may identify patients: not kept
-            for name in names:
-                if is_medical_file(name) or str(name).lower().endswith(".zip"):
-                    Path(name).unlink(missing_ok=True)
+            forget_uploads(names)
         progress(0.3, desc="describing")
         summary = import_dataset(app.store, batch, author="import", describe=caption_describer(app.captioner()))
-        skipped = "".join(f"\n- skipped {p}" for p in problems + summary.skipped)
+        skipped = "".join(f"\n- skipped {as_text(p)}" for p in problems + summary.skipped)
         return (f"Added {summary.added} images, described by `{app.captioner().source}`; they are now in the "
                 f"list as 'generated' (not yet reviewed).{skipped}", *refresh(status, label_choice, query))
+
+    @staff
+    def on_uploads_changed(files, before, request: gr.Request):
+        """A file removed from the upload box, or the box cleared or refilled, leaves gradio's copy
+        behind: the medical ones are deleted now, not at the next start."""
+        now = [str(getattr(f, "name", f)) for f in files or []]
+        forget_uploads([name for name in before or [] if name not in now])
+        return now
+
+    uploads.change(on_uploads_changed, [uploads, uploads_before], uploads_before, api_visibility="private")
 
     add_button.click(gpu(on_add), [uploads, upload_label, upload_modality, upload_split, *filters],
                      [add_result, *review_outputs], api_visibility="private")
