@@ -9,6 +9,7 @@ events stay callable by a crafted request, so hiding a tab is never the protecti
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
 import math
@@ -80,8 +81,8 @@ def guard(function):
             return function(*args, **kwargs)
         except gr.Error:
             raise
-        except MedArtError as err:
-            raise gr.Error(str(err)) from None
+        except MedArtError as err:  # gradio renders an error's message as HTML; ours quote what people typed
+            raise gr.Error(html.escape(str(err), quote=False)) from None
         except Exception:
             logger.exception("unexpected error in %s", getattr(function, "__name__", "a callback"))
             raise gr.Error(INTERNAL_ERROR) from None

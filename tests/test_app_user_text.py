@@ -84,3 +84,17 @@ def test_medical_uploads_leaving_the_box_are_deleted_from_gradios_cache(tmp_path
     assert forget_uploads([str(dicom), str(png), str(outside)]) == [dicom]
     assert not dicom.exists() and png.exists() and outside.exists()  # only medical files, only gradio's
     assert sweep_uploads() == [zipped] and not zipped.exists() and png.exists()
+
+
+def test_an_error_message_quoting_user_text_reaches_gradio_escaped():
+    import gradio as gr
+
+    from medart_ui.shared import guard
+
+    @guard
+    def refuse(label):
+        raise MedArtError(f"no real images of class {label!r} in the store")
+
+    with pytest.raises(gr.Error) as raised:
+        refuse('<img src="http://attacker.example/t.png">')
+    assert "<img" not in raised.value.message and "&lt;img" in raised.value.message
