@@ -83,9 +83,9 @@ def build_folder(folder: str, settings: dict, device: str, queue) -> None:
         dtype = parse_dtype(settings["dtype"])
         torch.manual_seed(0)
         with torch.device(device):  # T5-XXL materialises on the GPU in seconds, not minutes on a CPU
-            transformer = PixArtTransformer2DModel.from_config(configs["transformer"]).to(dtype)
-            vae = AutoencoderKL.from_config(configs["vae"]).to(dtype)
-            text_encoder = T5EncoderModel(T5Config(**t5)).to(dtype)
+            models = [PixArtTransformer2DModel.from_config(configs["transformer"]),
+                      AutoencoderKL.from_config(configs["vae"]), T5EncoderModel(T5Config(**t5))]
+        transformer, vae, text_encoder = (m if dtype == torch.float32 else m.to(dtype) for m in models)
         pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                                    scheduler=DPMSolverMultistepScheduler(algorithm_type="dpmsolver++"))
         save_pipeline(pipe, folder)
@@ -498,6 +498,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds of generate and text-cache, median shown (default: 1 on cpu, 3 on cuda; "
                              "a warm-up round first on cuda)")
+    parser.add_argument("--model", default=None,
+                        help="measure this local PixArt-alpha pipeline folder as it is (e.g. real weights) "
+                             "instead of building one; --preset, --text-encoder and --tiny then do not apply")
     parser.add_argument("--model-dir", default=None,
                         help="build the model folder here and keep it; reused when built with the same settings "
                              "(default: a temporary folder, deleted)")
@@ -520,6 +523,8 @@ def parse_args(argv=None):
     for name in ("hldf_steps", "steps", "repeats", "resolution"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.model and not (Path(args.model) / "model_index.json").is_file():
+        parser.error(f"--model {args.model}: not a diffusers pipeline folder (no model_index.json in it)")
     if args.config and not Path(args.config).is_file():
         parser.error(f"--config {args.config}: no such file")
     return args
@@ -537,9 +542,13 @@ def main(argv=None) -> None:
     stamp = {"date": datetime.date.today().isoformat(), "device": args.device, "dtype": args.dtype,
              "text_encoder": "tiny" if args.tiny else args.text_encoder}
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(args.model_dir) if args.model_dir else Path(scratch) / "model"
-        folder.mkdir(parents=True, exist_ok=True)
-        ensure_folder(folder, build_settings(args), args.device, context)
+        if args.model:
+            folder = Path(args.model)
+            stamp["text_encoder"] = f"of {folder.name}"
+        else:
+            folder = Path(args.model_dir) if args.model_dir else Path(scratch) / "model"
+            folder.mkdir(parents=True, exist_ok=True)
+            ensure_folder(folder, build_settings(args), args.device, context)
         batch = 4 if args.config else 1
         data_dir = make_data(Path(scratch) / "data", args.resolution, count=batch)
         options = {"model_dir": str(folder), "data_dir": str(data_dir), "device": args.device, "dtype": args.dtype,
