@@ -263,7 +263,7 @@ def hldf_floor(models, config, accelerator, meter) -> dict:
 
     def transformer_pass(n):
         latents = torch.randn(n, channels, latent_size, latent_size, device=device, dtype=dtype)
-        text = models.prompts([PROMPT] * n).to(device, dtype)
+        text = models.prompts([""] * n).to(device, dtype)  # cached: on a GPU, T5 has left it by now
         added = micro_conditions(pipe.transformer, n, config.resolution, config.resolution, device=device, dtype=dtype)
         return lambda: predict_noise(pipe.transformer, latents, torch.tensor([500]), text, added)
 
@@ -490,6 +490,9 @@ def parse_args(argv=None):
     parser.add_argument("--preset", choices=list(PRESETS), default="PixArt-alpha/PixArt-XL-2-512x512",
                         help="whose real configs to build (default: PixArt-alpha/PixArt-XL-2-512x512)")
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default: 512; 32 with --tiny)")
+    parser.add_argument("--hldf-resolution", type=int, default=None,
+                        help="pixels of the HLDF step (default: --resolution, or on a CPU the largest multiple of "
+                             "128 below it whose planned peak fits in the memory available)")
     parser.add_argument("--config", default=None,
                         help="a training config (e.g. finetune/configs/paper.yaml) whose settings the plain and hldf "
                              "steps use; default: batch 1, LoRA rank 16, the --hldf-steps sample")
@@ -558,7 +561,9 @@ def main(argv=None) -> None:
             print(f"measuring {part} ...", flush=True)
             if part in ("plain", "hldf"):
                 resolution, note = (args.resolution, "")
-                if part == "hldf":
+                if part == "hldf" and args.hldf_resolution:
+                    resolution = args.hldf_resolution
+                elif part == "hldf":
                     resolution, note = hldf_resolution(options, args.resolution, 256 if not args.tiny else 32)
                 if note:
                     print(note)
