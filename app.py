@@ -688,7 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from medart_core.errors import MedArtError
+    from medart_core.quiet import quiet_start
 
+    quiet_start()  # before anything imports bitsandbytes
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports from a medical app
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise at every start

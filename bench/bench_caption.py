@@ -31,6 +31,9 @@ LABELS = ["polyps", "normal-cecum", "esophagitis", "ulcerative-colitis", "dyed-l
 
 
 def main() -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=12, help="images described per round (default: 12)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batched generate call (default: 8)")

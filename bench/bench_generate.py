@@ -88,6 +88,9 @@ def generation_paths(model, prompts: list[str], seeds: list[int], settings: Gene
 
 
 def main() -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small model, for a smoke run")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps (default: 20)")

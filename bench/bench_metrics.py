@@ -95,6 +95,9 @@ def metric_times(n: int, quick: bool) -> dict[str, float]:
 
 
 def main() -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer images for the EfficientNet rate and fewer "
                                                              "bootstrap replicates (default: off)")

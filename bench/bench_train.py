@@ -162,6 +162,9 @@ def measure(kind: str, model_dir: str, data_dir: str, resolution: int, hldf_step
 
 
 def main() -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller model and fewer repeats")
     parser.add_argument("--hldf-steps", type=int, default=20, help="sampling steps of the HLDF sample (default: 20)")

@@ -1,14 +1,20 @@
 """Fine-tuning configuration: one dataclass, read from YAML, every key overridable as `--key value`.
 
 The key names are a contract (users' scripts and other Med-Art tools pass them): model, data,
-output_dir, resolution, train_batch_size, max_train_steps, learning_rate, lora_rank,
-train_text_encoder_lora, hldf_every, hldf_steps, hldf_guidance, hldf_weight, seed, resume.
+output_dir, resolution, train_batch_size, max_train_steps, num_train_epochs, learning_rate, lora_rank,
+lora_alpha, lora_init, train_text_encoder_lora, max_prompt_tokens, hldf_every, hldf_steps, hldf_guidance,
+hldf_weight, hldf_color_pairing, seed, resume.
+
+Two presets ship in finetune/configs/: paper.yaml (the paper's settings, key for key, each with its
+source) and recommended.yaml (Med-Art's choices, each difference from the paper explained).
+Keys left null are filled in at start (`DERIVED_AT_START` says how); `--print-config` shows them so.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +22,26 @@ from pathlib import Path
 import yaml
 
 from medart_core.errors import MedArtError
+
+
+DEFAULT_TRAIN_STEPS = 1000
+LORA_INITS = (True, "gaussian")
+HLDF_COLOR_PAIRINGS = ("per_image", "batch")
+# keys that may stay null in a config and are filled in when training starts
+DERIVED_AT_START = {
+    "max_train_steps": "derived at start: num_train_epochs x images / (train_batch_size x processes x "
+                       f"gradient_accumulation_steps), rounded up ({DEFAULT_TRAIN_STEPS} without num_train_epochs)",
+    "num_train_epochs": "not used: max_train_steps sets the length",
+    "max_prompt_tokens": "derived at start: the base model's own T5 limit (120 for PixArt-alpha)",
+    "lora_alpha": "derived at start: the rank (scale 1)",
+    "text_encoder_lora_rank": "derived at start: lora_rank",
+    "hldf_weight": "derived at start: 1 / hldf_steps",
+    "hldf_grad_last_k": "all sampling steps",
+    "cache_text_embeddings": "derived at start: on when `cache` is on and T5 is frozen",
+    "cache_dir": "derived at start: DATA/.medart-cache",
+    "validation_prompts": "derived at start: the first 4 distinct training captions",
+    "validation_seeds": "derived at start: 0, 1, 2, ...",
+}
 
 
 def option(default, help: str):
@@ -37,7 +63,10 @@ class TrainConfig:
     # optimisation
     train_batch_size: int = option(1, "images per process per micro-batch")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
-    max_train_steps: int = option(1000, "optimizer steps in total")
+    num_train_epochs: int | None = option(None, "passes over the training images; set this or max_train_steps, "
+                                                "the other is derived at start")
+    max_train_steps: int | None = option(None, "optimizer steps in total (with neither this nor num_train_epochs "
+                                               f"set: {DEFAULT_TRAIN_STEPS})")
     learning_rate: float = option(1e-4, "peak learning rate of the LoRA weights")
     lr_scheduler: str = option("constant", "diffusers schedule: constant, constant_with_warmup, linear, cosine, ...")
     lr_warmup_steps: int = option(0, "warm-up optimizer steps")
@@ -46,6 +75,8 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 turns clipping off)")
     mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else no), no, bf16 or fp16")
     gradient_checkpointing: bool = option(False, "recompute transformer blocks in the backward pass (less memory)")
+    max_prompt_tokens: int | None = option(None, "T5 tokens of a caption that reach the model; longer ones are cut "
+                                                 "(default: the base model's own limit, 120 for PixArt-alpha)")
     text_encoder_quantization: str = option("none", "load the frozen T5 in 8bit or 4bit through bitsandbytes, or none")
     # caching (medart_core.cache): T5 and the VAE encoder run once per dataset, not every step
     cache: bool = option(True, "train from cached VAE latents (with center_crop) and T5 embeddings (with T5 frozen)")
@@ -55,6 +86,8 @@ class TrainConfig:
     # LoRA
     lora_rank: int = option(16, "LoRA rank of the transformer adapter")
     lora_alpha: float | None = option(None, "LoRA alpha (default: the rank, i.e. scale 1)")
+    lora_init: bool | str = option(True, "LoRA initialisation, peft's init_lora_weights: true (peft's default: "
+                                         "Kaiming-uniform A) or gaussian (Gaussian A); B starts at zero in both")
     lora_dropout: float = option(0.0, "dropout on the LoRA path")
     use_dora: bool = option(False, "weight-decomposed LoRA (DoRA)")
     train_text_encoder_lora: bool = option(False, "also train a LoRA adapter on the T5 text encoder")
@@ -64,6 +97,9 @@ class TrainConfig:
     hldf_steps: int = option(20, "DPM-Solver++ steps of the HLDF sample")
     hldf_guidance: float = option(4.5, "classifier-free guidance of the HLDF sample")
     hldf_weight: float | None = option(None, "weight of the colour loss (default: 1 / hldf_steps, as in the paper)")
+    hldf_color_pairing: str = option("per_image", "per_image: each generated image against its own real image, "
+                                                  "averaged over the batch (the paper's loss at any batch size); "
+                                                  "batch: the generated batch against the pooled real batch")
     hldf_grad_last_k: int | None = option(None, "back-propagate through the last k sampling steps only (default: all)")
     hldf_checkpointing: bool = option(True, "recompute each sampling step's transformer call in the backward pass")
     vae_gradient_checkpointing: bool = option(False, "recompute VAE decoder blocks in the HLDF backward pass")
@@ -96,9 +132,18 @@ class TrainConfig:
     def check(self) -> None:
         if not self.data:
             raise MedArtError("no training data: set `data` in the config or pass --data DIR")
-        for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "lora_rank"):
+        for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "lora_rank"):
             if getattr(self, name) < 1:
                 raise MedArtError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_train_steps", "num_train_epochs", "max_prompt_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise MedArtError(f"{name} must be at least 1 (or null), got {getattr(self, name)}")
+        if self.lora_init not in LORA_INITS:
+            raise MedArtError(f"lora_init must be true or gaussian, got {self.lora_init!r} (initialisations that "
+                              "rewrite the base weights, such as pissa or olora, would give adapters that do not "
+                              "apply to the stock base model)")
+        if self.hldf_color_pairing not in HLDF_COLOR_PAIRINGS:
+            raise MedArtError(f"hldf_color_pairing must be per_image or batch, got {self.hldf_color_pairing!r}")
         if self.hldf_every < 0 or (self.hldf_every and self.hldf_steps < 1):
             raise MedArtError("hldf_every must be >= 0 and hldf_steps >= 1")
         if not 0.0 <= self.caption_dropout < 1.0:
@@ -119,7 +164,24 @@ class TrainConfig:
             raise MedArtError(f"optimizer must be adamw8bit or adamw, got {self.optimizer!r}")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+        """The config as YAML; a key still null that is filled in at start says so in a comment."""
+        lines = []
+        for line in yaml.safe_dump(dataclasses.asdict(self), sort_keys=False).splitlines():
+            key, _, value = line.partition(":")
+            if value.strip() == "null" and key in DERIVED_AT_START:
+                line = f"{line}  # {DERIVED_AT_START[key]}"
+            lines.append(line)
+        return "\n".join(lines) + "\n"
+
+    def with_train_steps(self, num_images: int, num_processes: int) -> "TrainConfig":
+        """The config with max_train_steps filled in: from num_train_epochs over `num_images`, or
+        the default. An epoch is every image once, over all processes and accumulated micro-batches."""
+        if self.max_train_steps is not None:
+            return self
+        if self.num_train_epochs is None:
+            return dataclasses.replace(self, max_train_steps=DEFAULT_TRAIN_STEPS)
+        images_per_step = self.train_batch_size * num_processes * self.gradient_accumulation_steps
+        return dataclasses.replace(self, max_train_steps=math.ceil(self.num_train_epochs * num_images / images_per_step))
 
 
 def _parse_bool(text: str) -> bool:
@@ -130,9 +192,18 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _bool_or_text(text: str) -> bool | str:
+    try:
+        return _parse_bool(text)
+    except argparse.ArgumentTypeError:
+        return text
+
+
 def _option_type(annotation):
-    """argparse type for a field annotation like `int | None` or `list[str]`."""
+    """argparse type for a field annotation like `int | None`, `bool | str` or `list[str]`."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    if set(args) == {bool, str}:
+        return _bool_or_text, None
     base = args[0]
     if typing.get_origin(base) is list:
         return typing.get_args(base)[0], "+"
@@ -147,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", nargs="?", const="auto", choices=["auto", "cpu", "cuda"],
                         help="print the estimated memory of this config on this machine's device (or on cpu / "
                              "cuda) without loading weights, and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective config (defaults < config file < options) as YAML and exit; keys "
+                             "filled in at start (e.g. max_train_steps from num_train_epochs) show as null")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind, nargs = _option_type(hints[f.name])
@@ -160,7 +234,8 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
     """Defaults < YAML file < command-line options."""
     args = vars(build_parser().parse_args(argv))
     values: dict = {}
-    args.pop("plan", None)  # finetune/train.py acts on it
+    args.pop("plan", None)  # finetune/train.py acts on it, and on print_config
+    args.pop("print_config", None)
     config_file = args.pop("config", None)
     if config_file:
         path = Path(config_file)
@@ -171,7 +246,24 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise MedArtError(f"{path}: unknown keys {', '.join(unknown)} (see --help)")
-    values.update(args)
+    values.update(choose_training_length(values, args, where=config_file))
     config = TrainConfig(**values)
     config.check()
     return config
+
+
+def choose_training_length(file_values: dict, options: dict, *, where: str | None) -> dict:
+    """The file's values updated by the options, with at most one of num_train_epochs and
+    max_train_steps: a file may set one, and an option replaces the file's choice."""
+    length = ("num_train_epochs", "max_train_steps")
+    if where and all(file_values.get(k) is not None for k in length):
+        raise MedArtError(f"{where} sets both num_train_epochs and max_train_steps: keep one (the other is derived "
+                          "at start from the number of images, batch size, processes and accumulation)")
+    if all(options.get(k) is not None for k in length):
+        raise MedArtError("--num_train_epochs and --max_train_steps were both given: pass one")
+    merged = dict(file_values)
+    for key, other in (length, length[::-1]):
+        if options.get(key) is not None:
+            merged[other] = None
+    merged.update(options)
+    return merged

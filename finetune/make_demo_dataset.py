@@ -184,6 +184,9 @@ def describe(out: Path) -> None:
 
 
 def main() -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="assets/demo", help="output folder, replaced if it exists (default: assets/demo)")
     args = parser.parse_args()

@@ -42,12 +42,11 @@ from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images, process_state
 from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS, add_lora, lora_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER, EmbeddingStore, text_cache_key
-from medart_core.losses import channel_statistics, color_distribution_loss_to_statistics, noise_prediction_loss
-from medart_core.pipeline import (MAX_PROMPT_TOKENS, TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths,
-                                  LoadedModel, Precision, PromptEncoder, load_pipeline)
+from medart_core.losses import hldf_color_loss, image_channel_statistics, noise_prediction_loss
+from medart_core.pipeline import (TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths, LoadedModel, Precision,
+                                  PromptEncoder, base_prompt_token_limit, load_pipeline)
 from medart_core.sampling import TextConditioning, decode_latents, dpm_solver_sample, micro_conditions, predict_noise
-from medart_core.training_data import (ImageCaptionDataset, ResumableShuffleSampler, cache_latents,
-                                       cached_colour_statistics, sample_cached_latents)
+from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampler, cache_latents, sample_cached_latents
 
 logger = logging.getLogger("medart.train")
 STATE_FILE = "training_state.pt"
@@ -82,12 +81,12 @@ def build_models(config: TrainConfig, precision: Precision):
         pipe.vae.enable_gradient_checkpointing()
     transformer_lora = add_lora(pipe.transformer, lora_config(
         TRANSFORMER_TARGETS, rank=config.lora_rank, alpha=config.lora_alpha,
-        dropout=config.lora_dropout, use_dora=config.use_dora))
+        dropout=config.lora_dropout, use_dora=config.use_dora, init=config.lora_init))
     text_encoder_lora = None
     if config.train_text_encoder_lora:
         text_encoder_lora = add_lora(pipe.text_encoder, lora_config(
             TEXT_ENCODER_TARGETS, rank=config.text_encoder_lora_rank or config.lora_rank,
-            alpha=config.lora_alpha, dropout=config.lora_dropout, use_dora=config.use_dora))
+            alpha=config.lora_alpha, dropout=config.lora_dropout, use_dora=config.use_dora, init=config.lora_init))
     pipe.transformer.train()
     pipe.text_encoder.eval()  # T5 dropout stays off, LoRA or not
     return loaded, transformer_lora, text_encoder_lora
@@ -115,6 +114,11 @@ def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
 
 
+def prompt_token_budget(config: TrainConfig, pipe) -> int:
+    """`max_prompt_tokens`, or the base model's own limit, so a base with a longer one is not cut."""
+    return config.max_prompt_tokens or base_prompt_token_limit(pipe)
+
+
 def encode_text(prompts: PromptEncoder, texts: list[str], trainable: bool, dtype) -> TextConditioning:
     text = prompts.encode_trainable(texts) if trainable else prompts(texts)
     return text.to(prompts.pipe.transformer.device, dtype)
@@ -122,7 +126,7 @@ def encode_text(prompts: PromptEncoder, texts: list[str], trainable: bool, dtype
 
 def noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator):
     """The usual latent diffusion loss on a real batch (with flips and caption dropout). Returns the
-    loss and the real batch's per-channel colour mean and std in [0, 1], for HLDF.
+    loss and each real image's per-channel colour mean and std in [0, 1] ((B, C) each), for HLDF.
 
     A batch holds pixels, or cached latent distributions (see medart_core.training_data): both
     draw the same random numbers in the same order, so they give the same loss."""
@@ -137,13 +141,13 @@ def noise_prediction_step(models, batch, config, generator, noise_scheduler, acc
     text = encode_text(models.prompts, texts, config.train_text_encoder_lora, dtype)
     if "latent_mean" in batch:
         latents = sample_cached_latents(batch, flip, generator, device)
-        real_colour = cached_colour_statistics(batch, config.resolution)
+        real_colour = batch["rgb_mean"], batch["rgb_std"]  # a flip leaves them unchanged
     else:
         pixels = batch["pixels"].to(device)
         pixels = torch.where(flip.to(device)[:, None, None, None], pixels.flip(-1), pixels)
         with torch.no_grad():
             latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.sample(generator=generator)
-        real_colour = channel_statistics(pixels.float() / 2 + 0.5)
+        real_colour = image_channel_statistics(pixels.float() / 2 + 0.5)
     latents = (latents * pipe.vae.config.scaling_factor).to(dtype)
     noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
@@ -156,8 +160,9 @@ def noise_prediction_step(models, batch, config, generator, noise_scheduler, acc
 
 
 def hldf_colour_step(models, real_colour, texts, config, generator, accelerator):
-    """HLDF: sample one image per real image through DPM-Solver++ with gradients, decode it to
-    pixels and compare its per-channel colour statistics with the real batch's (`real_colour`:
+    """HLDF: sample one image per real image (from its caption) through DPM-Solver++ with
+    gradients, decode it to pixels and compare its per-channel colour statistics with its real
+    image's, or the batch's with the real batch's (`hldf_color_pairing`; `real_colour`: per-image
     per-channel mean and std in [0, 1], as noise_prediction_step returns them)."""
     pipe = models.pipe
     device, dtype = accelerator.device, pipe.transformer.dtype
@@ -174,7 +179,8 @@ def hldf_colour_step(models, real_colour, texts, config, generator, accelerator)
             grad_last_k=config.hldf_grad_last_k, gradient_checkpointing=config.hldf_checkpointing,
         )
         generated = decode_latents(pipe.vae, latents)
-    return color_distribution_loss_to_statistics(generated.float() / 2 + 0.5, *real_colour)
+    return hldf_color_loss(generated.float() / 2 + 0.5, *real_colour, pixels_per_image=config.resolution ** 2,
+                           pairing=config.hldf_color_pairing)
 
 
 def prepare_cached_inputs(models, images, prompts, config, accelerator):
@@ -182,6 +188,7 @@ def prepare_cached_inputs(models, images, prompts, config, accelerator):
     embeddings (T5 frozen) where the config allows, built by the main process first."""
     pipe = models.pipe
     cache_dir = Path(config.cache_dir or Path(config.data) / DEFAULT_CACHE_FOLDER)
+    max_tokens = prompt_token_budget(config, pipe)
     dataset, store = images, None
     with accelerator.main_process_first():
         if config.caches_latents:
@@ -189,11 +196,11 @@ def prepare_cached_inputs(models, images, prompts, config, accelerator):
         elif config.cache:
             logger.info("latents are not cached with random crops (center_crop false): the VAE runs every step")
         if config.caches_text:
-            store = EmbeddingStore(cache_dir, text_cache_key(pipe, config.model, max_tokens=MAX_PROMPT_TOKENS,
+            store = EmbeddingStore(cache_dir, text_cache_key(pipe, config.model, max_tokens=max_tokens,
                                                              clean_caption=True,
                                                              quantization=config.text_encoder_quantization))
-            PromptEncoder(pipe, store=store).precompute(prompts)
-    encoder = PromptEncoder(pipe, max_entries=len(prompts), store=store)
+            PromptEncoder(pipe, store=store, max_tokens=max_tokens).precompute(prompts)
+    encoder = PromptEncoder(pipe, max_entries=len(prompts), store=store, max_tokens=max_tokens)
     if store is not None and pipe.text_encoder.device.type == "cuda" and config.text_encoder_quantization == "none":
         pipe.text_encoder.to("cpu")  # every prompt the run needs is cached: free T5's GPU memory
         torch.cuda.empty_cache()
@@ -273,7 +280,8 @@ def run_validation(models, config, prompts, seeds, step, output_dir, accelerator
     """Images from fixed prompts and seeds with the weights in memory (never reloaded from disk)."""
     pipe = models.pipe
     pipe.transformer.eval()
-    encoder = PromptEncoder(pipe) if config.train_text_encoder_lora else models.prompts
+    encoder = (PromptEncoder(pipe, max_tokens=prompt_token_budget(config, pipe)) if config.train_text_encoder_lora
+               else models.prompts)
     current = LoadedModel(pipe, config.model, AdapterPaths(), models.precision, encoder)
     settings = GenerationSettings(steps=config.validation_inference_steps, height=config.resolution,
                                   width=config.resolution)
@@ -326,10 +334,16 @@ Use: `python -m medart_core generate --model {config.model} --lora {output_dir} 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         config = load_config(argv)
+        if "--print-config" in argv:
+            print(config.to_yaml(), end="")
+            return 0
         if any(a == "--plan" or a.startswith("--plan=") for a in argv):
             from finetune.plan import memory_plan
 
@@ -377,6 +391,10 @@ def train(config: TrainConfig) -> Path:
 
     # data: latents and T5 embeddings computed once per dataset where they can be
     images = ImageCaptionDataset(config.data, config.resolution, center_crop=config.center_crop)
+    config = config.with_train_steps(len(images), accelerator.num_processes)
+    if config.num_train_epochs is not None:
+        logger.info("%d epochs of %d images: %d optimizer steps", config.num_train_epochs, len(images),
+                    config.max_train_steps)
     validation_prompts = config.validation_prompts or list(dict.fromkeys(r.text.strip() for r in images.records))[:4]
     validation_seeds = config.validation_seeds or list(range(len(validation_prompts)))
     prompts = list(dict.fromkeys([r.text.strip() for r in images.records] + ["", *validation_prompts]))

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
-from diffusers.training_utils import EMAModel
 from huggingface_hub import ModelCard, ModelCardData
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -141,6 +140,9 @@ Made in {seconds / 60:.0f} minutes on the CPU with {threads} thread(s) by:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="assets/demo", help="demo imagefolder (default: assets/demo)")
     parser.add_argument("--out", default="assets/demo_model", help="output pipeline folder (default: assets/demo_model)")
@@ -199,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     latents = cache_latents(dataset, pipe.vae, latent_dir.name, model_id=str(out))
     stream = batches(latents, args.batch_size, seed=args.seed)
     loss_ema = None
+    from diffusers.training_utils import EMAModel  # imports bitsandbytes: only after quiet_start()
+
     # an exponential moving average of the weights is what gets saved: smoother samples than the last step's
     weights_ema = EMAModel(transformer.parameters(), decay=args.ema_decay, foreach=True) if args.ema_decay else None
     for step in tqdm(range(1, args.steps + 1), desc="transformer"):

@@ -9,8 +9,8 @@ image. Both are computed once and kept as safetensors shards:
                                                        ".flip_mean" / ".flip_std" / ".rgb_mean" / ".rgb_std"
 
 `<key>` hashes everything that changes the numbers (model id, component config, weight files'
-sizes and times for a local folder, dtype, quantisation, adapters; for latents also resolution
-and crop mode), so changing any of them starts a new folder; an edited image has a new content
+sizes and times for a local folder, the snapshot commit of a hub model, dtype, quantisation,
+adapters; for latents also resolution and crop mode), so changing any of them starts a new folder; an edited image has a new content
 hash and is re-encoded. Latents are stored as the VAE's Gaussian (mean and std), not a sample,
 so every epoch still draws a fresh latent from the same distribution.
 """
@@ -58,6 +58,23 @@ def _weight_files_signature(folder: Path) -> list:
     return found
 
 
+def hub_snapshot_commit(model_id: str) -> str:
+    """The commit of the snapshot a hub id resolves to in the local Hugging Face cache (what
+    `from_pretrained` loaded: refs/main -> snapshots/<commit>/), or "" when it is not cached. The
+    configs' `_commit_hash` stays out of the key: only transformers' components carry one."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(str(model_id), "model_index.json")
+    except ValueError:  # not a valid repo id
+        return ""
+    if not isinstance(found, str):
+        logger.warning("%s is not in the local Hugging Face cache: its cache key cannot name the revision, so "
+                       "an updated checkpoint would reuse old cached latents and embeddings", model_id)
+        return ""
+    return Path(found).parent.name
+
+
 def component_key(model_id: str, subfolder: str, module, **extra) -> str:
     """A short hash of everything that makes a component's outputs what they are."""
     config = module.config
@@ -70,6 +87,7 @@ def component_key(model_id: str, subfolder: str, module, **extra) -> str:
         "component": subfolder,
         "config": config,
         "weights": _weight_files_signature(source / subfolder) if local else [],
+        **({} if local else {"revision": hub_snapshot_commit(str(model_id))}),
         **{k: str(v) for k, v in extra.items()},
     }
     blob = json.dumps(description, sort_keys=True, default=str)

@@ -111,5 +111,24 @@ def load_template(name_or_path: str) -> CaptionTemplate:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise MedArtError(f"template {source} is not valid YAML: {err}") from err
+        # Only the position: the error's own text quotes the offending line, which need not be a template's.
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise MedArtError(f"template {source} is not valid YAML{where}") from None
     return parse_template(data, source)
+
+
+def load_row_template(modality: str, data_root: str | Path) -> CaptionTemplate:
+    """The template a metadata row's `modality` names: a built-in name, or a .yaml/.yml file inside
+    the data folder (relative to it). Anything else is refused before it is opened: a metadata file
+    must not make the program parse, and quote, any other file of the machine."""
+    if modality in builtin_template_names():
+        return load_template(modality)
+    root = Path(data_root).resolve()
+    relative = Path(modality)
+    candidate = (root / relative).resolve()
+    if relative.is_absolute() or not candidate.is_relative_to(root) or candidate.suffix not in (".yaml", ".yml") \
+            or not candidate.is_file():
+        raise MedArtError(f"modality {modality[:80]!r} is neither a built-in template ({', '.join(builtin_template_names())}) "
+                          "nor a template .yaml file inside the data folder; refused")
+    return load_template(str(candidate))

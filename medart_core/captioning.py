@@ -1,8 +1,9 @@
 """The Visual Symptom Generator: a VLM writes a validated visual description of every training image.
 
-Read top to bottom: VLM presets and loading -> one batched `generate` call per batch of images
--> validation with bounded retries (`describe_batch`) -> a whole imagefolder dataset, resumable
-and sharded across processes (`caption_dataset`). Any callable with the captioner's call shape
+Read top to bottom: VLM presets, generation presets and loading -> one batched `generate` call
+per batch of images -> validation with bounded retries (`describe_batch`), an optional T5
+`simplify:` pass and a repair -> a whole imagefolder dataset, resumable and sharded across
+processes (`caption_dataset`). Any callable with the captioner's call shape
 (`captioner(requests, attempt) -> texts`, plus a `source` attribute) can stand in for the VLM:
 the offline `FallbackCaptioner`, or a scripted one in tests.
 """
@@ -19,9 +20,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from medart_core.caption_templates import CaptionTemplate, load_template
+from medart_core.caption_templates import CaptionTemplate, load_row_template, load_template
 from medart_core.caption_validation import (
+    EMPTY,
     MAX_T5_TOKENS,
+    MISSING_SIMPLE_CAPTION,
+    PARROTS_FEATURES,
+    TOO_LONG,
     Rules,
     TokenCounter,
     check_description,
@@ -46,6 +51,46 @@ OUTPUT_COLUMNS = ("file_name", "text", "label", "simple_caption", "source", "rul
 UNREADABLE = "unreadable"  # progress-log key of an image skipped because it cannot be read
 
 
+@dataclass(frozen=True)
+class GenerationPreset:
+    """How the VLM decodes a description, and which broken rules send it back for another try."""
+
+    name: str
+    max_new_tokens: int
+    sample_first: bool  # sample from the first attempt on (else greedy first, sampled retries)
+    temperature: float
+    top_k: int | None  # None: the model's generation_config decides
+    top_p: float | None
+    max_words: int | None  # the instruction's word limit (None: the template's)
+    retry_rules: tuple[str, ...]
+    retry_hints: bool  # tell a retry what was wrong
+    simplifier: str | None  # the T5 model of the `simplify:` pass over still over-long texts
+
+
+GENERATION_PRESETS = {
+    # Med-Art: a reproducible greedy first answer; retries sample and are told what was wrong,
+    # an over-long answer too; what still breaks a rule is repaired at sentence boundaries.
+    "medart": GenerationPreset("medart", max_new_tokens=160, sample_first=False, temperature=0.7, top_k=None,
+                               top_p=None, max_words=None,
+                               retry_rules=(EMPTY, MISSING_SIMPLE_CAPTION, PARROTS_FEATURES, TOO_LONG),
+                               retry_hints=True, simplifier=None),
+    # The paper's Visual Symptom Generator (Guo et al. 2025; its released code): sampled at
+    # temperature 0.8, top-k 50, top-p 0.9, 150 new tokens, up to 100 words; regenerated (same
+    # prompt) when it parrots the feature list or does not start with the simple caption; a text
+    # over the T5 budget goes through t5-large's `simplify:` before the repair.
+    "paper": GenerationPreset("paper", max_new_tokens=150, sample_first=True, temperature=0.8, top_k=50,
+                              top_p=0.9, max_words=100, retry_rules=(EMPTY, MISSING_SIMPLE_CAPTION, PARROTS_FEATURES),
+                              retry_hints=False, simplifier="t5-large"),
+}
+DEFAULT_GENERATION_PRESET = "medart"
+
+
+def generation_preset(name: str) -> GenerationPreset:
+    if name not in GENERATION_PRESETS:
+        raise MedArtError(f"unknown generation preset {name!r}; use one of {', '.join(GENERATION_PRESETS)}")
+    return GENERATION_PRESETS[name]
+
+
 def resolve_vlm(name: str) -> str:
     """A preset name to its hub id; anything else (hub id, folder, "fallback") unchanged."""
     return VLM_PRESETS.get(name, name)
@@ -67,13 +112,13 @@ class CaptionRequest:
 
 class VLMCaptioner:
     """A loaded image-text-to-text model: one chat-templated, left-padded, batched `generate`
-    per call. The first attempt decodes greedily (reproducible); retries sample, seeded, so they
-    can come out different."""
+    per call, decoded as its GenerationPreset says. Sampled attempts are seeded by (seed, attempt),
+    so a rerun gives the same texts and a retry can come out different."""
 
-    def __init__(self, model, processor, *, source: str, max_new_tokens: int = 160,
-                 temperature: float = 0.7, seed: int = 0):
-        self.model, self.processor, self.source = model, processor, source
-        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+    def __init__(self, model, processor, *, source: str, max_new_tokens: int | None = None, seed: int = 0,
+                 preset: GenerationPreset = GENERATION_PRESETS[DEFAULT_GENERATION_PRESET]):
+        self.model, self.processor, self.source, self.preset = model, processor, source, preset
+        self.max_new_tokens, self.seed = max_new_tokens or preset.max_new_tokens, seed
         processor.tokenizer.padding_side = "left"  # generation continues from the right end of every row
 
     def __call__(self, requests: list[CaptionRequest], attempt: int = 0) -> list[str]:
@@ -84,9 +129,12 @@ class VLMCaptioner:
         prompts = [self.processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
         inputs = self.processor(images=[[r.image] for r in requests], text=prompts, padding=True, return_tensors="pt")
         inputs = inputs.to(self.model.device, dtype=self.model.dtype)
-        options = {"max_new_tokens": self.max_new_tokens, "do_sample": attempt > 0}
-        if attempt > 0:
-            options["temperature"] = self.temperature
+        sample = self.preset.sample_first or attempt > 0
+        options = {"max_new_tokens": self.max_new_tokens, "do_sample": sample}
+        if sample:
+            options["temperature"] = self.preset.temperature
+            options.update({k: v for k, v in (("top_k", self.preset.top_k), ("top_p", self.preset.top_p))
+                            if v is not None})
             torch.manual_seed(self.seed + attempt)
         with torch.inference_mode():
             output = self.model.generate(**inputs, **options)
@@ -94,42 +142,47 @@ class VLMCaptioner:
         return [" ".join(text.split()) for text in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def load_vlm(name: str = DEFAULT_VLM, *, device=None, dtype=None, max_new_tokens: int = 160, seed: int = 0) -> VLMCaptioner:
+def load_local_first(model_id: str, processor_class, model_class, *, dtype, what: str, advice: str):
+    """(processor, model) of `model_id` through two transformers Auto classes, from the local
+    cache (or folder) first and, online, from the hub: an offline machine fails in seconds, not
+    after minutes of download retries; HF_HUB_OFFLINE=1 skips the download attempt. Refuses with
+    one message saying what to do."""
+    is_folder = Path(model_id).is_dir()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    error: Exception | None = None
+    for local_only in [True] if (is_folder or offline) else [True, False]:
+        if not local_only:
+            logger.info("%s is not in the local Hugging Face cache; downloading it (set HF_HUB_OFFLINE=1 to skip)", model_id)
+        try:
+            return (processor_class.from_pretrained(model_id, local_files_only=local_only),
+                    model_class.from_pretrained(model_id, dtype=dtype, local_files_only=local_only))
+        except Exception as err:  # OSError, ValueError, hub errors: all mean "not loadable here"
+            error = err
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    raise MedArtError(f"cannot load the {what} {model_id!r} ({reason}). Its weights must be on this machine: download "
+                      f"them while online (`hf download {model_id}`) or {advice}")
+
+
+def load_vlm(name: str = DEFAULT_VLM, *, device=None, dtype=None, max_new_tokens: int | None = None, seed: int = 0,
+             preset: str = DEFAULT_GENERATION_PRESET) -> VLMCaptioner:
     """Processor + model through transformers' generic Auto classes: bf16 (fp16 without bf16) on
-    a GPU, fp32 on CPU. Looks in the local cache first, so an offline machine fails in seconds,
-    not after minutes of download retries; HF_HUB_OFFLINE=1 skips the download attempt."""
+    a GPU, fp32 on CPU; decoding as the named GenerationPreset says."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from medart_core.pipeline import Precision
 
     model_id = resolve_vlm(name)
     precision = Precision.choose(device, dtype)
-    is_folder = Path(model_id).is_dir()
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    attempts = [True] if (is_folder or offline) else [True, False]
-    error: Exception | None = None
-    for local_only in attempts:
-        if not local_only:
-            logger.info("%s is not in the local Hugging Face cache; downloading it (set HF_HUB_OFFLINE=1 to skip)", model_id)
-        try:
-            processor = AutoProcessor.from_pretrained(model_id, local_files_only=local_only)
-            model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=precision.model_dtype,
-                                                                local_files_only=local_only)
-            break
-        except Exception as err:  # OSError, ValueError, hub errors: all mean "not loadable here"
-            error = err
-    else:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise MedArtError(
-            f"cannot load the VLM {model_id!r} ({reason}). Its weights must be on this machine: download them "
-            f"while online (`hf download {model_id}`) or pass a local folder with --vlm; to describe images "
-            "without a VLM use --vlm fallback, or --fallback-on-error"
-        )
+    decoding = generation_preset(preset)
+    processor, model = load_local_first(
+        model_id, AutoProcessor, AutoModelForImageTextToText, dtype=precision.model_dtype, what="VLM",
+        advice="pass a local folder with --vlm; to describe images without a VLM use --vlm fallback, or "
+               "--fallback-on-error")
     if getattr(processor, "chat_template", None) is None:
         raise MedArtError(f"the processor of {model_id!r} has no chat template; use an instruction-tuned VLM")
     model.to(precision.device).eval()
     logger.info("VLM %s on %s in %s", model_id, precision.device, str(precision.model_dtype).replace("torch.", ""))
-    return VLMCaptioner(model, processor, source=model_id, max_new_tokens=max_new_tokens, seed=seed)
+    return VLMCaptioner(model, processor, source=model_id, max_new_tokens=max_new_tokens, seed=seed, preset=decoding)
 
 
 @dataclass(frozen=True)
@@ -141,10 +194,14 @@ class Description:
     attempts: int
 
 
-def describe_batch(captioner, requests: list[CaptionRequest], rules: list[Rules], *, max_retries: int = 2) -> list[Description]:
-    """Describe a batch; descriptions that break a rule are regenerated together (told what
-    was wrong), at most `max_retries` times; what still fails is repaired (see
-    `repair_description`). Bounded: at most 1 + max_retries captioner calls."""
+def describe_batch(captioner, requests: list[CaptionRequest], rules: list[Rules], *, max_retries: int = 2,
+                   preset: GenerationPreset = GENERATION_PRESETS[DEFAULT_GENERATION_PRESET],
+                   simplifier=None) -> list[Description]:
+    """Describe a batch; descriptions that break one of the preset's retry rules are regenerated
+    together (told what was wrong, if the preset says so), at most `max_retries` times. What is
+    then still over the token budget goes through `simplifier` (a callable texts -> texts, e.g.
+    medart_core.simplifier.T5Simplifier) when one is given; what still breaks a rule is repaired
+    (see `repair_description`). Bounded: at most 1 + max_retries captioner calls."""
     if max_retries < 0:
         raise MedArtError(f"--max-retries must be 0 or more, got {max_retries}")
     texts, fired = [""] * len(requests), [""] * len(requests)
@@ -162,10 +219,18 @@ def describe_batch(captioner, requests: list[CaptionRequest], rules: list[Rules]
             rule = check_description(texts[i], rules[i])
             if rule is not None:
                 fired[i] = rule
-                requests[i] = replace(requests[i], hint=rules[i].hint(rule, requests[i].template.max_words))
+            if rule in preset.retry_rules:
+                if preset.retry_hints:
+                    requests[i] = replace(requests[i], hint=rules[i].hint(rule, requests[i].template.max_words))
                 still_failing.append(i)
         pending = still_failing
-    for i in pending:
+    too_long = [i for i in range(len(texts)) if rules[i].count_tokens(texts[i]) > rules[i].max_tokens]
+    if simplifier is not None and too_long:
+        for i, text in zip(too_long, simplifier([texts[i] for i in too_long])):
+            fired[i], texts[i] = TOO_LONG, " ".join(str(text).split())
+    for i in range(len(texts)):
+        if check_description(texts[i], rules[i]) is None:
+            continue
         texts[i] = repair_description(texts[i], rules[i])
         if check_description(texts[i], rules[i]) is not None:  # e.g. the simple caption itself parrots
             texts[i] = rules[i].simple_caption.rstrip(" .") + "."
@@ -198,12 +263,15 @@ def plan_jobs(data_dir: str | Path, *, modality: str | None, out: str | Path | N
         raise MedArtError(f"{data_dir} has split folders ({', '.join(map(str, folders))}); each gets its own "
                           f"{METADATA_FILE}, so leave out --out")
     jobs = []
-    for record in scan_imagefolder(data_dir):
+    for record in scan_imagefolder(data_dir, refuse_duplicates=True):  # a repeat would lose a row's text
         row = record.row
         row_modality = row.get("modality") or modality
         if not row_modality:
             raise MedArtError(f"{record.file_name}: no modality; pass --modality or add a \"modality\" column")
-        template = load_template(str(row_modality))
+        try:  # --modality is the user's own choice; a row's modality is the data's, confined to its folder
+            template = load_row_template(row_modality, data_dir) if row.get("modality") else load_template(modality)
+        except MedArtError as err:
+            raise MedArtError(f"{record.file_name}: {err}") from None
         text = record.text if isinstance(record.text, str) and record.text.strip() and not row.get("source") else None
         if row.get("simple_caption"):
             simple_caption = str(row["simple_caption"]).strip()
@@ -216,7 +284,7 @@ def plan_jobs(data_dir: str | Path, *, modality: str | None, out: str | Path | N
                               "or \"text\" column to the metadata")
         target = Path(out) if out is not None else folders[record.split] / METADATA_FILE
         jobs.append(CaptionJob(record.path, record.file_name, target, record.label or simple_caption,
-                               simple_caption, str(row_modality), row))
+                               simple_caption, template.source, row))
     if not jobs:
         raise MedArtError(f"no images found in {data_dir}")
     return jobs
@@ -321,6 +389,8 @@ def caption_dataset(
     overwrite: bool = False,
     state=None,
     progress: bool = True,
+    preset: GenerationPreset = GENERATION_PRESETS[DEFAULT_GENERATION_PRESET],
+    simplifier=None,
 ) -> CaptionSummary:
     """Describe every job and write each output metadata.jsonl (a CSV input is kept as
     metadata.csv.orig). Resumable with `resume`: images already described are skipped. Under
@@ -366,13 +436,17 @@ def caption_dataset(
                     unreadable += 1
                     continue
                 batch.append(job)
-                requests.append(CaptionRequest(image, job.simple_caption, job.label, load_template(job.modality)))
+                template = load_template(job.modality)
+                if preset.max_words is not None:
+                    template = replace(template, max_words=preset.max_words)
+                requests.append(CaptionRequest(image, job.simple_caption, job.label, template))
             bar.update(len(mine[start : start + batch_size]) - len(batch))
             if not batch:
                 continue
             rules = [Rules(job.simple_caption, request.template.features, count_tokens, max_tokens)
                      for job, request in zip(batch, requests)]
-            descriptions = describe_batch(captioner, requests, rules, max_retries=max_retries)
+            descriptions = describe_batch(captioner, requests, rules, max_retries=max_retries, preset=preset,
+                                          simplifier=simplifier)
             rules_fired.update(d.rule for d in descriptions if d.rule)
             by_out: dict[Path, list[dict]] = {}
             for job, description in zip(batch, descriptions):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,8 @@ from medart_core.synthetic import save_synthetic_png
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = ".medart-generate.json"
+MAX_SEED = 2**32 - 1  # the usual seed range (numpy's); a browser's numbers are exact only up to 2**53
+MAX_STEPS = 1000  # DPM-Solver++ cannot take more steps than the 1,000 training timesteps
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,19 @@ class GenerationSettings:
     def check(self) -> None:
         if self.steps < 1:
             raise MedArtError(f"steps must be at least 1, got {self.steps}")
-        if self.guidance < 0:
-            raise MedArtError(f"guidance must be 0 or more, got {self.guidance}")
+        if self.steps > MAX_STEPS:
+            raise MedArtError(f"steps must be at most {MAX_STEPS} (the scheduler's training timesteps), "
+                              f"got {str(self.steps)[:40]}")
+        # NaN passes every comparison and silently gave an unguided image: refused, as is infinity.
+        if not (isinstance(self.guidance, (int, float)) and math.isfinite(self.guidance) and self.guidance >= 0):
+            raise MedArtError(f"guidance must be a finite number, 0 or more, got {self.guidance!r:.40}")
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """Refuse seeds outside 0..MAX_SEED (2**70 used to end in an internal error deep in torch)."""
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise MedArtError(f"seed must be a whole number from 0 to {MAX_SEED:,}, got {str(seed)[:40]}")
 
 
 def generate_images(
@@ -63,6 +77,7 @@ def generate_images(
     settings.check()
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    check_seeds(seeds)
     pipe = model.pipe
     height, width = settings.image_size(pipe)
     dtype, device = pipe.transformer.dtype, model.precision.device
@@ -104,6 +119,7 @@ def plan_jobs(prompts: list[dict], images_per_prompt: int, base_seed: int) -> li
         for _ in range(images_per_prompt):
             k = len(jobs)
             jobs.append(ImageJob(k, prompt["text"], prompt.get("label"), base_seed + k))
+    check_seeds([base_seed, jobs[-1].seed] if jobs else [base_seed])  # before a model loads
     return jobs
 
 

@@ -19,8 +19,10 @@ TEXT_ENCODER_TARGETS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
 
 
 def lora_config(targets: list[str], *, rank: int = 16, alpha: float | None = None,
-                dropout: float = 0.0, use_dora: bool = False):
-    """A peft LoraConfig; alpha defaults to the rank (scale 1), LoRA B starts at zero."""
+                dropout: float = 0.0, use_dora: bool = False, init: bool | str = True):
+    """A peft LoraConfig; alpha defaults to the rank (scale 1). `init` is peft's
+    init_lora_weights: True (its default, Kaiming-uniform A) or "gaussian" (the paper's); LoRA B
+    starts at zero with either, so training starts from the base model."""
     from peft import LoraConfig
 
     if rank < 1:
@@ -30,7 +32,7 @@ def lora_config(targets: list[str], *, rank: int = 16, alpha: float | None = Non
         lora_alpha=alpha if alpha is not None else rank,
         lora_dropout=dropout,
         use_dora=use_dora,
-        init_lora_weights=True,
+        init_lora_weights=init,
         target_modules=targets,
     )
 

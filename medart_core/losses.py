@@ -51,3 +51,30 @@ def color_distribution_loss(generated: torch.Tensor, real: torch.Tensor) -> torc
     if generated.shape[1] != real.shape[1]:
         raise ValueError(f"channel counts differ: {generated.shape[1]} generated vs {real.shape[1]} real")
     return color_distribution_loss_to_statistics(generated, *channel_statistics(real))
+
+
+def paired_color_distribution_loss(generated: torch.Tensor, real_means: torch.Tensor,
+                                   real_stds: torch.Tensor) -> torch.Tensor:
+    """The paper's colour loss per pair, generated image i against real image i (from its
+    per-image, per-channel mean and std, (B, C) each), averaged over the batch. At batch 1 it is
+    `color_distribution_loss_to_statistics`; at batch > 1 a batch mixing classes is still matched
+    image by image, not only as a mixture."""
+    if generated.shape[:2] != real_means.shape:
+        raise ValueError(f"{tuple(generated.shape[:2])} generated images and channels vs "
+                         f"{tuple(real_means.shape)} real ones: pairing needs one real image per generated one")
+    gen_mean, gen_std = image_channel_statistics(generated)
+    per_image = ((gen_mean - real_means.to(gen_mean)) ** 2 + (gen_std - real_stds.to(gen_std)) ** 2).sum(dim=1)
+    return per_image.mean()
+
+
+def hldf_color_loss(generated: torch.Tensor, real_means: torch.Tensor, real_stds: torch.Tensor, *,
+                    pixels_per_image: int, pairing: str = "per_image") -> torch.Tensor:
+    """HLDF's colour term from the real images' per-image statistics: `per_image` pairs each
+    generated image with its real image (the paper's), `batch` compares the generated batch with
+    the real batch pooled (`pixels_per_image`: pixels of one real image, for the pooling)."""
+    if pairing == "per_image":
+        return paired_color_distribution_loss(generated, real_means, real_stds)
+    if pairing == "batch":
+        pooled = pool_channel_statistics(real_means, real_stds, pixels_per_image)
+        return color_distribution_loss_to_statistics(generated, *pooled)
+    raise ValueError(f"colour pairing must be per_image or batch, got {pairing!r}")

@@ -152,6 +152,24 @@ def _identifying_attributes(dataset) -> tuple[list[str], int, int]:
     return sorted(found), counts["private"], counts["other"]
 
 
+PIXEL_PRIVACY_ATTRIBUTES = ("BurnedInAnnotation", "RecognizableVisualFeatures")
+
+
+def _identifiable_pixels(dataset) -> list[str]:
+    """Names of the attributes (anywhere, sequences included) that do not say plainly NO to
+    identifying pixels: YES, a list holding YES ([NO, YES]), or a value that is not NO."""
+    marked = set()
+
+    def visit(_, element):
+        if element.keyword in PIXEL_PRIVACY_ATTRIBUTES and element.value not in (None, ""):
+            values = element.value if type(element.value).__name__ == "MultiValue" else [element.value]
+            if any(str(value).strip().upper() != "NO" for value in values):
+                marked.add(element.keyword)
+
+    dataset.walk(visit)
+    return sorted(marked)
+
+
 def _first_number(value) -> float | None:
     """WindowCenter/Width may be multi-valued: the first is the default view."""
     if value is None:
@@ -180,10 +198,10 @@ def read_dicom(path: Path, options: ConvertOptions) -> Volume:
                 raise MedArtError("not a DICOM file (no DICM marker and no DICOM attributes)")
             raise MedArtError("the DICOM file holds no image: no pixel data (a truncated file, or a report, RT plan "
                               "or other header-only object)")
-        burned_in = str(dataset.get("BurnedInAnnotation", "")).strip().upper() == "YES"
-        if burned_in and not options.allow_burned_in:
-            raise MedArtError("the DICOM file says its pixels contain burned-in text (BurnedInAnnotation YES), "
-                              "which can identify the patient; mask it first, or pass --allow-burned-in")
+        marked = _identifiable_pixels(dataset)
+        if marked and not options.allow_burned_in:
+            raise MedArtError(f"the DICOM file says its pixels may show who the patient is ({', '.join(marked)}: "
+                              "burned-in text or recognisable features); mask them first, or pass --allow-burned-in")
         try:
             rows, cols = int(dataset.Rows), int(dataset.Columns)
             frames = int(dataset.get("NumberOfFrames", 1) or 1)
@@ -456,14 +474,17 @@ def convert_to_imagefolder(inputs: list[str | Path], out: str | Path, *, options
 
 def write_report(path: Path, entries: list[dict]) -> Path:
     """Merge report entries (one per converted file, by source_file) into the JSON report."""
-    existing = {}
+    existing, document = {}, {}
     if path.is_file():
         try:
-            existing = {e["source_file"]: e for e in json.loads(path.read_text(encoding="utf-8"))["files"]}
-        except (ValueError, KeyError, TypeError):
+            document = json.loads(path.read_text(encoding="utf-8"))
+            existing = {e["source_file"]: e for e in document.get("files", [])}
+        except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("%s was unreadable; writing it anew", path)
+            document = {}
     existing.update({e["source_file"]: e for e in entries})
     _write_json_atomic(path, {
+        **document,  # e.g. the ordinary images' entries (medart_core.image_privacy)
         "profile": "DICOM PS3.15 Annex E basic application level confidentiality profile (attribute names only; "
                    "only pixels and display attributes were read, nothing else was carried into the dataset)",
         "files": [existing[k] for k in sorted(existing)]})

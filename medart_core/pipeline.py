@@ -18,6 +18,7 @@ import torch
 
 from medart_core.errors import MedArtError
 from medart_core.sampling import TextConditioning
+from medart_core.text_limits import MAX_PROMPT_CHARS, bound_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +256,18 @@ def load_pipeline(
     return LoadedModel(pipe, str(model), adapters, precision, encoder)
 
 
+def base_prompt_token_limit(pipe) -> int:
+    """The T5 tokens a base pipeline itself passes to its text encoder: the default of its
+    `max_sequence_length` (PixArt-alpha 120, PixArt-Sigma and Sana 300), so training on a base
+    with a longer limit does not cut captions at alpha's."""
+    import inspect
+
+    parameter = inspect.signature(type(pipe).__call__).parameters.get("max_sequence_length")
+    if parameter is None or not isinstance(parameter.default, int):
+        return MAX_PROMPT_TOKENS
+    return parameter.default
+
+
 def count_prompt_tokens(tokenizer, prompt: str) -> int:
     """T5 tokens of a prompt including its end-of-sequence token, as the pipeline counts them."""
     return len(tokenizer(prompt, add_special_tokens=True).input_ids)
@@ -296,6 +309,10 @@ class PromptEncoder:
 
     def warn_if_truncated(self, prompts: list[str]) -> None:
         for prompt in prompts:
+            if len(prompt) > MAX_PROMPT_CHARS:  # never tokenised whole: see _encode_uncached
+                logger.warning("prompt is %d characters, over the %d-character limit: it was truncated, the end is "
+                               "ignored: %.80r", len(prompt), MAX_PROMPT_CHARS, prompt)
+                continue
             n = count_prompt_tokens(self.pipe.tokenizer, prompt)
             if n > self.max_tokens:
                 logger.warning(
@@ -309,8 +326,10 @@ class PromptEncoder:
 
     def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         self.t5_calls += 1
+        # Cut before encode_prompt: its caption cleaning is quadratic on a long unbroken run, and
+        # holds the interpreter (every other request of the app waits) while it runs.
         embeds, mask, _, _ = self.pipe.encode_prompt(
-            prompts,
+            [bound_prompt(prompt) for prompt in prompts],
             do_classifier_free_guidance=False,
             device=self.pipe._execution_device,
             clean_caption=self.clean_caption,

@@ -100,14 +100,6 @@ def sample_cached_latents(batch: dict, flip: torch.Tensor, generator: torch.Gene
     return mean + std * randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
 
 
-def cached_colour_statistics(batch: dict, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The real batch's per-channel colour mean and std in [0, 1], from the cached per-image ones
-    (a flip leaves them unchanged)."""
-    from medart_core.losses import pool_channel_statistics
-
-    return pool_channel_statistics(batch["rgb_mean"], batch["rgb_std"], resolution * resolution)
-
-
 def cache_latents(images: ImageCaptionDataset, vae, cache_dir: str | Path, model_id: str, *,
                   batch_size: int = 8, shard_entries: int = 256) -> CachedLatentDataset:
     """Encode every image not yet cached (new, edited: keyed by file content) and return the

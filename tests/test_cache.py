@@ -17,8 +17,8 @@ from finetune.config import load_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER
 from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images
-from medart_core.losses import channel_statistics, color_distribution_loss, image_channel_statistics, \
-    pool_channel_statistics
+from medart_core.losses import channel_statistics, color_distribution_loss, hldf_color_loss, \
+    image_channel_statistics, pool_channel_statistics
 from medart_core.pipeline import Precision, load_pipeline
 from medart_core.training_data import ImageCaptionDataset, cache_latents
 
@@ -79,8 +79,8 @@ def test_cached_and_uncached_steps_give_the_same_losses(tiny_pipeline_dir, data_
     # HLDF's colour loss on cached statistics is the loss on the real pixels
     generated = torch.rand(2, 3, 32, 32)
     real = plain_batch["pixels"].float() / 2 + 0.5
-    assert train_module.color_distribution_loss_to_statistics(generated, *cached_colour).item() == pytest.approx(
-        color_distribution_loss(generated, real).item(), rel=1e-4)
+    pooled = hldf_color_loss(generated, *cached_colour, pixels_per_image=32 * 32, pairing="batch")
+    assert pooled.item() == pytest.approx(color_distribution_loss(generated, real).item(), rel=1e-4)
 
 
 def test_training_from_the_cache_logs_the_losses_of_uncached_training(tiny_pipeline_dir, data_copy, tmp_path):
@@ -165,3 +165,32 @@ def test_generate_cli_embedding_cache(tiny_pipeline_dir, tmp_path):
             "--device", "cpu", "--embedding-cache", str(tmp_path / "emb")]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert list((tmp_path / "emb").glob("text-*/shard-*.safetensors"))
+
+
+def fake_hub_snapshot(cache: "Path", repo: str, commit: str) -> None:
+    """What huggingface_hub leaves after downloading `repo` at `commit`: refs/main and snapshots/<commit>/."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit / "vae").mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots" / commit / "model_index.json").write_text('{"_class_name": "PixArtAlphaPipeline"}')
+
+
+def test_a_hub_models_cache_key_follows_its_snapshot_commit(tiny_model, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from medart_core.cache import latent_cache_key
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    vae, repo = tiny_model.pipe.vae, "medart-test/pixart-tiny"
+
+    def key():
+        return latent_cache_key(repo, vae, resolution=32, center_crop=True)
+
+    fake_hub_snapshot(tmp_path / "hub", repo, "a" * 40)
+    first = key()
+    assert key() == first  # the same snapshot: the cache is reused
+    fake_hub_snapshot(tmp_path / "hub", repo, "b" * 40)  # the checkpoint was updated on the hub and re-downloaded
+    assert key() != first
+    assert latent_cache_key("medart-test/another", vae, resolution=32, center_crop=True) != key()

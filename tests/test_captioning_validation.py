@@ -130,7 +130,8 @@ def test_every_builtin_template_loads_and_endoscopy_has_the_papers_features():
         template = load_template(name)
         prompt = template.prompt(template.simple_caption_for("a-class"), "a-class")
         assert "a class" in prompt and "{" not in prompt
-    assert ENDOSCOPY.features == ("colour", "shape", "surrounding mucosa", "surface texture", "bleeding")
+    assert ENDOSCOPY.features == ("colour", "shape", "surrounding mucosa", "surface texture", "bleeding",
+                                 "other details")
     assert ENDOSCOPY.simple_caption_for("normal-cecum") == "An endoscopic image of normal cecum"
 
 

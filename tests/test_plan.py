@@ -29,8 +29,9 @@ def no_weight_loading(monkeypatch):
         monkeypatch.setattr(owner, "from_pretrained", classmethod(refuse))
 
 
-def paper(*extra):
-    return load_config(["--config", "finetune/configs/paper.yaml", *extra])
+def xl_config(*extra):
+    """PixArt-XL-2 at 512 px with a frozen, cached T5 and batch 4 (the recommended preset), blocks not recomputed."""
+    return load_config(["--config", "finetune/configs/recommended.yaml", "--gradient_checkpointing", "false", *extra])
 
 
 def test_plan_prints_and_exits_without_loading_weights(no_weight_loading, capsys):
@@ -43,7 +44,7 @@ def test_plan_prints_and_exits_without_loading_weights(no_weight_loading, capsys
 
 
 def test_plan_numbers_are_sane_for_pixart_xl(no_weight_loading):
-    plan = memory_plan(paper(), device="cuda")
+    plan = memory_plan(xl_config(), device="cuda")
     assert 600e6 < plan.parameters["transformer"] < 620e6  # PixArt-XL-2: 611M
     assert 4.7e9 < plan.parameters["text_encoder"] < 5.0e9  # T5-XXL encoder
     assert plan.rows["transformer"] == 2 * plan.parameters["transformer"]  # bf16 on GPU
@@ -55,14 +56,14 @@ def test_plan_numbers_are_sane_for_pixart_xl(no_weight_loading):
     assert plan.rows["activations_other"] < plan.rows["activations"] / 4  # gradient checkpointing
     assert plan.peak_hldf > plan.peak_plain > plan.rows["transformer"]
 
-    uncached = memory_plan(paper("--cache", "false"), device="cuda")
-    eight, four = (memory_plan(paper("--cache", "false", "--text_encoder_quantization", q), device="cuda")
+    uncached = memory_plan(xl_config("--cache", "false"), device="cuda")
+    eight, four = (memory_plan(xl_config("--cache", "false", "--text_encoder_quantization", q), device="cuda")
                    for q in ("8bit", "4bit"))
     assert uncached.rows["text_encoder"] > eight.rows["text_encoder"] > four.rows["text_encoder"] > 0
-    assert memory_plan(paper(), device="cpu").rows["transformer"] == 4 * plan.parameters["transformer"]
-    big = memory_plan(paper("--model", "PixArt-alpha/PixArt-XL-2-1024-MS", "--resolution", "1024"), device="cuda")
+    assert memory_plan(xl_config(), device="cpu").rows["transformer"] == 4 * plan.parameters["transformer"]
+    big = memory_plan(xl_config("--model", "PixArt-alpha/PixArt-XL-2-1024-MS", "--resolution", "1024"), device="cuda")
     assert big.rows["activations"] > 3.5 * plan.rows["activations"]  # 4x the tokens
-    no_hldf = memory_plan(paper("--hldf_every", "0"), device="cuda")
+    no_hldf = memory_plan(xl_config("--hldf_every", "0"), device="cuda")
     assert no_hldf.rows["hldf"] == 0 and no_hldf.peak == max(no_hldf.peak_plain, no_hldf.rows["caching"])
 
 

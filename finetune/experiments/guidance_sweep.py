@@ -68,6 +68,9 @@ def score(generated: Path, train_colour: dict, classifier) -> dict:
 
 
 def main(argv=None) -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     args = parse_args(argv)
     train_set = load_set("training", args.data, ("train",))
     out = Path(args.out)

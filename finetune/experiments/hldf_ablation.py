@@ -132,6 +132,9 @@ def plot(histograms: dict[str, np.ndarray], path: Path) -> None:
 
 
 def main() -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/demo_model", help="base pipeline (default: assets/demo_model)")
     parser.add_argument("--data", default="assets/demo", help="imagefolder with train/ and test/ (default: assets/demo)")
@@ -141,6 +144,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run (default: 100)")
     parser.add_argument("--batch-size", type=int, default=8, help="training batch size (default: 8)")
+    parser.add_argument("--color-pairing", choices=["batch", "per_image"], default="batch",
+                        help="hldf_color_pairing of the HLDF runs (default: batch, the pooled loss the published "
+                             "figures were measured with; per_image is the trainer's default, the paper's)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="LoRA learning rate (default: 1e-3)")
     parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default: 8)")
     parser.add_argument("--hldf-every", type=int, default=5, help="HLDF every N steps in the HLDF runs (default: 5)")
@@ -194,7 +200,8 @@ def main() -> None:
             options = {"model": args.model, "data": str(data), "output_dir": str(out / "runs" / slug),
                        "resolution": resolution, "train_batch_size": args.batch_size, "max_train_steps": args.steps,
                        "learning_rate": args.learning_rate, "lora_rank": args.lora_rank, "seed": seed,
-                       "hldf_steps": args.hldf_steps, "checkpointing_steps": args.steps, "validation_steps": 0,
+                       "hldf_steps": args.hldf_steps, "hldf_color_pairing": args.color_pairing,
+                       "checkpointing_steps": args.steps, "validation_steps": 0,
                        "validation_inference_steps": args.generate_steps, "mixed_precision": "no", **variant.settings}
             command = [python, str(REPO / "finetune" / "train.py")]
             for key, value in options.items():
@@ -207,6 +214,7 @@ def main() -> None:
 
     settings = {"classes": args.classes, "steps": args.steps, "batch": args.batch_size, "lr": args.learning_rate,
                 "rank": args.lora_rank, "hldf_every": args.hldf_every, "hldf_steps": args.hldf_steps,
+                "color_pairing": args.color_pairing,
                 "generate_steps": args.generate_steps, "guidance": args.guidance, "held-out prompts": sum(1 for _ in open(prompts))}
     table = summarise(rows)
     (out / "results.json").write_text(json.dumps({"settings": settings, "runs": rows, "summary": table}, indent=1))

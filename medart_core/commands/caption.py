@@ -10,7 +10,7 @@ HELP = "describe every image with a VLM (or the offline fallback) into metadata.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from medart_core.caption_templates import builtin_template_names
     from medart_core.caption_validation import MAX_T5_TOKENS
-    from medart_core.captioning import DEFAULT_VLM, VLM_PRESETS
+    from medart_core.captioning import DEFAULT_GENERATION_PRESET, DEFAULT_VLM, GENERATION_PRESETS, VLM_PRESETS
     from medart_core.commands.convert import add_conversion_arguments
 
     presets = ", ".join(f"{name} ({model_id})" for name, model_id in VLM_PRESETS.items())
@@ -33,7 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"T5 token budget of a description (default: {MAX_T5_TOKENS}, PixArt-alpha's)")
     parser.add_argument("--max-retries", type=int, default=2,
                         help="regenerations of a description that breaks a rule, before it is repaired (default: 2)")
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="VLM tokens generated per description (default: 160)")
+    parser.add_argument("--generation-preset", choices=list(GENERATION_PRESETS), default=DEFAULT_GENERATION_PRESET,
+                        help="how descriptions are decoded and checked: medart (greedy first answer, sampled retries "
+                             "told what was wrong, an over-long answer retried too, then cut at sentence boundaries) or "
+                             "paper (the paper's: sampled at temperature 0.8, top-k 50, top-p 0.9, 150 new tokens, up to "
+                             "100 words; regenerated when it parrots the features or misses the simple caption; over "
+                             "the token budget, a T5 `simplify:` pass (--simplifier) before the cut) "
+                             f"(default: {DEFAULT_GENERATION_PRESET})")
+    parser.add_argument("--simplifier", default=None,
+                        help="T5 model (hub id or folder) of the `simplify:` pass over descriptions still over the "
+                             "token budget, or none (default: t5-large with --generation-preset paper, none with medart)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="VLM tokens generated per description (default: the preset's, 160 medart, 150 paper)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per generate call (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled retries (default: 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu; "
@@ -59,24 +70,32 @@ def run(args: argparse.Namespace) -> None:
     import logging
 
     from medart_core.caption_validation import load_token_counter
-    from medart_core.captioning import FALLBACK, caption_dataset, load_vlm, plan_jobs
+    from medart_core.captioning import FALLBACK, caption_dataset, generation_preset, load_vlm, plan_jobs
     from medart_core.errors import MedArtError
     from medart_core.fallback_captioner import FallbackCaptioner
     from medart_core.generation import process_state
 
     for name in ("batch_size", "max_new_tokens", "max_tokens"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise MedArtError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     data = converted_data(args)
     jobs = plan_jobs(data, modality=args.modality, out=args.out)  # bad data fails before a model loads
     count_tokens, counting = load_token_counter(args.tokenizer)
     state = process_state()
     device = args.device if (args.device and state.num_processes == 1) else state.device
+    preset = generation_preset(args.generation_preset)
+    simplifier_name = args.simplifier or preset.simplifier
+    simplifier = None
+    if simplifier_name and simplifier_name.lower() != "none":
+        from medart_core.simplifier import load_simplifier
+
+        simplifier = load_simplifier(simplifier_name, device=device, dtype=args.dtype)
     if args.vlm == FALLBACK:
         captioner = FallbackCaptioner()
     else:
         try:
-            captioner = load_vlm(args.vlm, device=device, dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed)
+            captioner = load_vlm(args.vlm, device=device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+                                 seed=args.seed, preset=preset.name)
         except MedArtError as err:
             if not args.fallback_on_error:
                 raise
@@ -84,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
             captioner = FallbackCaptioner()
     summary = caption_dataset(captioner, jobs, batch_size=args.batch_size, max_retries=args.max_retries,
                               count_tokens=count_tokens, max_tokens=args.max_tokens, resume=args.resume,
-                              overwrite=args.overwrite, state=state)
+                              overwrite=args.overwrite, state=state, preset=preset, simplifier=simplifier)
     if state.is_main_process:
         rules = ", ".join(f"{rule} {n}" for rule, n in summary.rules.most_common()) or "none"
         unreadable = f"; {summary.unreadable} unreadable, skipped (kept without a description)" if summary.unreadable else ""

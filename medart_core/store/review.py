@@ -19,6 +19,7 @@ from sqlalchemy import func, insert, select, update
 from medart_core.errors import MedArtError
 from medart_core.store.database import WRITE, create_store_engine, migrate
 from medart_core.store.schema import STATUSES, images, revisions
+from medart_core.text_limits import check_revision, check_search, check_text
 
 HUMAN = "human"
 
@@ -156,8 +157,8 @@ class ReviewStore:
             query = query.where(images.c.label == label)
         if split is not None:
             query = query.where(images.c.split == split)
-        if search and search.strip():
-            term = search.strip()
+        term = check_search(search)
+        if term:
             query = query.where(images.c.text.icontains(term, autoescape=True)
                                 | images.c.key.icontains(term, autoescape=True))
         with self.engine.connect() as conn:
@@ -185,8 +186,9 @@ class ReviewStore:
     def save(self, key: str, text: str, *, revision: int, author: str, source: str = HUMAN, rule: str = "",
              action: str | None = None) -> Revision:
         """A new text for the description, made on `revision`. A person's text (source "human")
-        becomes "edited"; a captioner's "generated". An approval does not carry over to new text."""
-        text = " ".join(str(text or "").split())
+        becomes "edited"; a captioner's "generated". An approval does not carry over to new text.
+        Text over MAX_TEXT_CHARS, or of invisible characters only, is refused (text_limits.check_text)."""
+        text = check_text(text, f"the description of {key}")
         if not text:
             raise MedArtError(f"the description of {key} is empty; write what the image shows")
         return self._append(key, revision, author=author, action=action or ("edit" if source == HUMAN else "describe"),
@@ -198,7 +200,7 @@ class ReviewStore:
 
     def flag(self, key: str, reason: str, *, revision: int, author: str) -> Revision:
         """Mark the description as needing attention, with the reason."""
-        reason = " ".join(str(reason or "").split())
+        reason = check_text(reason, f"the flag reason of {key}")
         if not reason:
             raise MedArtError(f"say why {key} is flagged (e.g. 'wrong laterality', 'image unreadable')")
         return self._append(key, revision, author=author, action="flag", status="flagged", reason=reason)
@@ -213,10 +215,7 @@ class ReviewStore:
                 source: str | None = None, rule: str | None = None, reason: str = "") -> Revision:
         if not author or not str(author).strip():
             raise MedArtError("every change needs an author (the signed-in user)")
-        try:
-            seen = int(seen)
-        except (TypeError, ValueError) as err:
-            raise MedArtError(f"revision must be a number, got {seen!r}") from err
+        seen = check_revision(seen)
         stamp = now()
         values = {"current_revision": seen + 1, "status": status, "updated_at": stamp}
         if text is not None:

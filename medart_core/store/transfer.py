@@ -9,17 +9,18 @@ the model is trained on.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from medart_core.data import METADATA_FILE, SPLIT_NAMES, ImageRecord, load_rgb, scan_imagefolder, write_metadata_jsonl
 from medart_core.errors import MedArtError
+from medart_core.image_privacy import IMAGES_KEY, clean_copy, record_removed
+from medart_core.medical_io import REPORT_FILE
 from medart_core.store.review import HUMAN, Entry, ReviewStore
+from medart_core.text_limits import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +118,9 @@ def import_dataset(store: ReviewStore, root: str | Path, *, author: str, describ
         if describe is None:
             raise MedArtError(f"{len(needs_text)} images in {root} have no description (e.g. {needs_text[0].file_name}); "
                               "caption them first (python -m medart_core caption) or import them with a captioner")
-        for record, result in zip(needs_text, describe(needs_text)):
-            described[str(record.path)] = result
+        described = _describe_in_chunks(describe, needs_text, summary.skipped)
+        waiting = {str(record.path) for record in needs_text}
+        new = [item for item in new if str(item[0].path) not in waiting or str(item[0].path) in described]
     rows = []
     for record, key, digest in new:
         row = record.row
@@ -126,22 +128,52 @@ def import_dataset(store: ReviewStore, root: str | Path, *, author: str, describ
             text, source, rule = described[str(record.path)]
         else:
             text, source, rule = record.text, row.get("source") or HUMAN, row.get("rule") or ""
+        try:
+            text = check_text(text, f"the description of {key}")
+        except MedArtError as err:  # e.g. a NUL in a caption file: that row only
+            logger.warning("skipped %s", err)
+            summary.skipped.append(str(err))
+            continue
         rows.append({
             "key": key, "split": record.split or "", "file_name": record.file_name, "path": str(record.path),
             "content_hash": digest, "label": record.label, "simple_caption": row.get("simple_caption") or None,
             "source_file": row.get("source_file") or None, "slice": _slice(row.get("slice"), key),
             "extra": {k: v for k, v in row.items() if k not in _STORED},
-            "text": " ".join(str(text).split()), "source": str(source), "rule": str(rule or ""),
+            "text": text, "source": str(source), "rule": str(rule or ""),
         })
     summary.added = store.add(rows, author=author)
     return summary
+
+
+DESCRIBE_CHUNK = 8  # images decoded at once while a batch is described (a VLM batches about this many)
+
+
+def _describe_in_chunks(describe: Describer, records: list[ImageRecord], skipped: list[str]) -> dict[str, tuple]:
+    """{path: (text, source, rule)}, describing DESCRIBE_CHUNK images at a time, so a large upload
+    never holds all its decoded images at once. A chunk that fails is retried image by image and
+    an image that still fails (its modality refused, say) is skipped with its message."""
+    described: dict[str, tuple[str, str, str]] = {}
+    for start in range(0, len(records), DESCRIBE_CHUNK):
+        chunk = records[start: start + DESCRIBE_CHUNK]
+        try:
+            results = list(zip(chunk, describe(chunk)))
+        except MedArtError:
+            results = []
+            for record in chunk:
+                try:
+                    results += list(zip([record], describe([record])))
+                except MedArtError as err:
+                    logger.warning("skipped %s", err)
+                    skipped.append(str(err))
+        described.update((str(record.path), result) for record, result in results)
+    return described
 
 
 def caption_describer(captioner, *, modality: str | None = None, max_retries: int = 2) -> Describer:
     """A Describer from a VSG captioner (a VLM or the offline FallbackCaptioner): the same
     templates, validation and retries as `python -m medart_core caption`."""
     from medart_core.caption_validation import Rules, estimate_t5_tokens
-    from medart_core.caption_templates import load_template
+    from medart_core.caption_templates import load_row_template, load_template
     from medart_core.captioning import CaptionRequest, describe_batch
     from medart_core.data import load_rgb
 
@@ -151,7 +183,10 @@ def caption_describer(captioner, *, modality: str | None = None, max_retries: in
             name = record.row.get("modality") or modality
             if not name:
                 raise MedArtError(f"{record.file_name}: no modality; choose one (it picks the description template)")
-            template = load_template(str(name))
+            try:  # a row's modality comes with the data: a built-in name or a template file inside its folder
+                template = load_row_template(name, record.data_root) if record.row.get("modality") else load_template(name)
+            except MedArtError as err:
+                raise MedArtError(f"{record.file_name}: {err}") from None
             simple = record.row.get("simple_caption") or (template.simple_caption_for(record.label) if record.label else "")
             if not simple:
                 raise MedArtError(f"{record.file_name}: no label; give the images a label")
@@ -190,23 +225,24 @@ def export_rows(entries: list[Entry]) -> dict[str, list[dict]]:
     return by_split
 
 
-def _copy_atomic(source: Path, target: Path, expected_hash: str) -> bool:
-    """Copy an image into the export (temp file + rename), checking it is still the image that
-    was described. False when the target already holds those bytes."""
-    if target.exists() and (target.resolve() == source.resolve() or file_hash(target) == expected_hash):
+def _export_image(source: Path, target: Path, expected_hash: str, done: dict[str, dict], relative: str) -> bool:
+    """Write an image into the export re-encoded from its pixels, without metadata (checking it is
+    still the image that was described), and record in `done` what was removed. False when the
+    target already holds that image's clean copy (`done` says it was written from these bytes)."""
+    if target.exists() and target.resolve() == source.resolve():
+        # Exporting onto the data folder itself: the user's originals are never rewritten.
+        logger.warning("%s is exported in place: kept as it is, its metadata (if any) included", target)
+        return False
+    previous = done.get(relative)
+    if target.exists() and previous and previous.get("source_sha256") == expected_hash \
+            and previous.get("sha256") == file_hash(target):
         return False
     if file_hash(source) != expected_hash:
         raise MedArtError(f"{source} changed after it was described; import the data again (its description "
                           "gets flagged for review), then export")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    removed = clean_copy(source, target, str(source))
+    done[relative] = {"file_name": relative, "source_sha256": expected_hash, "sha256": file_hash(target),
+                      "removed": removed}
     return True
 
 
@@ -222,9 +258,18 @@ def _retire_stale_splits(out: Path, splits: set[str]) -> None:
                 logger.warning("%s is not part of this export and keeps its earlier descriptions", stale)
 
 
+def _reported_images(report: Path) -> list[dict]:
+    try:
+        entries = json.loads(report.read_text(encoding="utf-8")).get(IMAGES_KEY, [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("file_name"), str)]
+
+
 def export_dataset(store: ReviewStore, out: str | Path, *, approved_only: bool = True,
                    progress: Callable[[int, int], None] | None = None) -> ExportSummary:
-    """Write an imagefolder dataset to `out`: the images (copied unless already there) and
+    """Write an imagefolder dataset to `out`: the images (re-encoded from their pixels without
+    metadata, named in `out`/deidentification-report.json; unless already there) and
     `out/<split>/metadata.jsonl` per split. Each metadata file is replaced atomically and only
     after its images are in place, so a reader (or a killed export) sees the previous complete
     file or the new one; a metadata.csv beside it is kept as metadata.csv.orig, since
@@ -239,12 +284,17 @@ def export_dataset(store: ReviewStore, out: str | Path, *, approved_only: bool =
     if "" in splits and len(splits) > 1:
         raise MedArtError("the store mixes images with a split (train/, test/) and without; an imagefolder "
                           "cannot hold both: export from a store with one layout")
-    copied = 0
-    for number, entry in enumerate(entries, start=1):
-        folder = out / entry.split if entry.split else out
-        copied += _copy_atomic(entry.path, folder / entry.file_name, entry.content_hash)
-        if progress:
-            progress(number, len(entries))
+    copied, report = 0, out / REPORT_FILE
+    done = {e["file_name"]: e for e in _reported_images(report)}
+    try:
+        for number, entry in enumerate(entries, start=1):
+            folder = out / entry.split if entry.split else out
+            copied += _export_image(entry.path, folder / entry.file_name, entry.content_hash, done, entry.key)
+            if progress:
+                progress(number, len(entries))
+    finally:  # what was written so far stays recorded, even when an image fails midway
+        if done:
+            record_removed(report, list(done.values()))
     files, by_split = [], export_rows(entries)
     _retire_stale_splits(out, set(by_split))
     for split, rows in sorted(by_split.items()):
