@@ -116,7 +116,7 @@ def run_in_process(context, target, *args, environment: dict | None = None):
     os.environ.update(environment or {})  # read by the spawned process's C library at start-up
     try:
         queue = context.Queue()
-        worker = context.Process(target=target, args=(*args, queue))
+        worker = context.Process(target=run_quietly, args=(target, *args, queue))
         worker.start()
         while worker.is_alive() and queue.empty():
             worker.join(timeout=1)  # a process that dies puts nothing: do not wait on the queue forever
@@ -128,6 +128,13 @@ def run_in_process(context, target, *args, environment: dict | None = None):
     if worker.exitcode != 0:
         raise SystemExit(f"error: the {target.__name__} process failed (exit code {worker.exitcode}); see above")
     return result
+
+
+def run_quietly(target, *args) -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
+    target(*args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,12 +210,15 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
     torch.ones(64, 64) @ torch.ones(64, 64)  # start the thread pool before the baseline
     baseline = meter.now()
     meter.reset()
-    models, _, _ = T.build_models(config, T.training_precision(accelerator.device, accelerator.mixed_precision))
+    models, _, text_encoder_lora = T.build_models(config, T.training_precision(accelerator.device,
+                                                                             accelerator.mixed_precision))
     images = ImageCaptionDataset(config.data, config.resolution)
     prompts = list(dict.fromkeys([r.text for r in images.records] + [""]))
     dataset, models.prompts = T.prepare_cached_inputs(models, images, prompts, config, accelerator)
     caching_peak = meter.peak() - baseline
     trainable = [p for p in models.pipe.transformer.parameters() if p.requires_grad]
+    if text_encoder_lora is not None:  # the paper preset trains a T5 LoRA too
+        trainable += [p for p in models.pipe.text_encoder.parameters() if p.requires_grad]
     optimizer = T.make_optimizer(trainable, config, accelerator.device)
     noise_scheduler = DDPMScheduler.from_config(models.pipe.scheduler.config)
     batch = next(iter(DataLoader(dataset, batch_size=config.train_batch_size)))
@@ -272,6 +282,7 @@ def hldf_floor(models, config, accelerator, meter) -> dict:
         return lambda: decode_latents(pipe.vae, latents)
 
     pipe.vae.disable_gradient_checkpointing()
+    pipe.transformer.disable_gradient_checkpointing()  # a floor recomputes nothing
     noise_prediction = timed(transformer_pass(batch))
     sampling_step = timed(transformer_pass(2 * batch))
     decode = timed(vae_pass())
@@ -534,6 +545,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
+    from medart_core.quiet import quiet_start
+
+    quiet_start()  # before anything imports bitsandbytes
     args = parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())["results"]))
