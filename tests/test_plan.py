@@ -91,11 +91,11 @@ def test_checkpointed_hldf_plans_the_decode_and_one_sampling_call_apart_not_toge
     the two; summing them over-planned PixArt-XL's HLDF step by 19%."""
     from finetune.plan import empty_models, read_component_configs, transformer_activations, vae_decoder_activations
 
-    config = paper("--hldf_checkpointing", "true", "--vae_gradient_checkpointing", "true")
+    config = xl_config("--hldf_checkpointing", "true", "--vae_gradient_checkpointing", "true")
     transformer, vae, _ = empty_models(read_component_configs(config.model))
     one_call = transformer_activations(transformer, 2 * config.train_batch_size, config.resolution, 8, 2,
                                        checkpointing=False)
     decode = vae_decoder_activations(vae, config.train_batch_size, config.resolution, 2, checkpointing=True)
     assert memory_plan(config, device="cuda").rows["hldf"] == max(one_call, decode)
-    kept = memory_plan(paper("--hldf_checkpointing", "false", "--vae_gradient_checkpointing", "true"), device="cuda")
+    kept = memory_plan(xl_config("--hldf_checkpointing", "false", "--vae_gradient_checkpointing", "true"), device="cuda")
     assert kept.rows["hldf"] == config.hldf_steps * one_call + decode  # every call's activations are stored
