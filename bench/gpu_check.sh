@@ -10,6 +10,8 @@
 #   bash bench/gpu_check.sh --parts gen512,plain   # some parts
 #   bash bench/gpu_check.sh --dry-run              # print the commands, run nothing
 #   bash bench/gpu_check.sh --tiny --parts plain   # the same commands on the tests' tiny model, on CPU
+# Environment: MEDART_RESULTS (results folder, default bench/results), MEDART_GPU_MODELS (where the
+# model folders are built, default /tmp/medart-gpu), MEDART_PART_TIMEOUT (seconds per part, 120).
 #
 # Parts:
 #   gen512, gen1024  generation in bf16, 20 steps, CFG: stock pipeline vs medart vs the floor
@@ -27,7 +29,7 @@ dry_run=0
 tiny=0
 part_timeout="${MEDART_PART_TIMEOUT:-120}"  # seconds per part, so one slow part cannot eat the lease
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --parts) parts="${2:?--parts needs a comma-separated list}"; shift 2 ;;
@@ -49,12 +51,13 @@ done
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 stamp="$(date -u +%Y-%m-%d)"
-results="bench/results/gpu-$stamp.json"
-table="bench/results/gpu-$stamp.md"
+folder="${MEDART_RESULTS:-bench/results}"
+results="$folder/gpu-$stamp.json"
+table="$folder/gpu-$stamp.md"
 models="${MEDART_GPU_MODELS:-/tmp/medart-gpu}"
 if [ "$tiny" = 1 ]; then
   device=(--device cpu --tiny)
-  results="bench/results/tiny-$stamp.json"; table="bench/results/tiny-$stamp.md"; models="$models-tiny"
+  results="$folder/tiny-$stamp.json"; table="$folder/tiny-$stamp.md"; models="$models-tiny"
   xl512=(--model-dir "$models/tiny")
   xl1024=(--model-dir "$models/tiny")
   caption=(python bench/bench_caption.py --quick)
@@ -88,8 +91,8 @@ for part in "${selected[@]}"; do
   echo "== $part: $command"
   start=$SECONDS
   if [ "$part" = caption ]; then
-    mkdir -p bench/results
-    timeout "$part_timeout" $command | tee "bench/results/caption-$stamp.txt" || { echo "$part failed or timed out" >&2; failed=1; }
+    mkdir -p "$folder"
+    timeout "$part_timeout" $command | tee "$folder/caption-$stamp.txt" || { echo "$part failed or timed out" >&2; failed=1; }
   else
     timeout "$part_timeout" $command || { echo "$part failed or timed out" >&2; failed=1; }
     [ -f "$results" ] && python bench/bench_real_size.py --markdown "$results" > "$table.partial" && mv "$table.partial" "$table"
