@@ -363,7 +363,8 @@ def measure_quantised_t5(options: dict, quantization: str, queue) -> None:
 
             text_encoder = load_quantized_text_encoder(options["model_dir"], quantization, precision)
         weights = meter.now() - before
-        ids = torch.randint(3, 200, (4, MAX_PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(3, text_encoder.config.vocab_size, (4, MAX_PROMPT_TOKENS),
+                            generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             text_encoder(ids.to(precision.device))  # warm-up
             meter.sync()
