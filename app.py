@@ -44,6 +44,9 @@ logger = logging.getLogger("medart.app")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from medart_core.bases import supported
+    from medart_core.model_presets import preset_help
+
     env = os.environ.get
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=env("MEDART_DATA", str(DEMO_DATA)),
@@ -56,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="writable folder for the default store, uploads, generated images and exports (env "
                              "MEDART_HOME; default: the Space's /data/medart when present, else the user data folder)")
     parser.add_argument("--model", default=env("MEDART_MODEL", str(DEMO_MODEL) if DEMO_MODEL.is_dir() else None),
-                        help="PixArt-alpha pipeline: hub id or local folder (env MEDART_MODEL; default: the bundled "
+                        help=f"base pipeline: a preset ({preset_help()}), or a hub id or local folder of a "
+                             f"supported pipeline ({supported()}) (env MEDART_MODEL; default: the bundled "
                              "demo model assets/demo_model when present)")
     parser.add_argument("--lora", default=env("MEDART_LORA"),
                         help="LoRA adapter folder or training output folder (env MEDART_LORA; default: none)")
@@ -137,9 +141,12 @@ class Generator:
 
     def status(self) -> str:
         if not self.model_name:
+            from medart_core.model_presets import PRESETS
+
+            presets = ", ".join(f"`{name}`" for name in PRESETS)
             return ("**No model loaded**, so Generate and Compare are off: start the app with "
-                    "`--model PixArt-alpha/PixArt-XL-2-512x512` (online) or `--model PATH` to a local "
-                    "diffusers PixArt-alpha folder. Review works without a model.")
+                    f"`--model` and a preset ({presets}; online) or `--model PATH` to a local "
+                    "diffusers PixArt-alpha or PixArt-Sigma folder. Review works without a model.")
         adapters = f" with LoRA `{self.lora}`" if self.lora else ""
         return f"Model: `{self.model_name}`{adapters}. Every generated image is marked as synthetic."
 

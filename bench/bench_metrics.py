@@ -86,12 +86,53 @@ def metric_times(n: int, quick: bool) -> dict[str, float]:
     train_pixels = pixel_features()(noise_images(n, seed=1)).double().numpy()
     times["memorisation audit vs n training images"] = timed(
         audit, pixels, train_pixels, features, rng.normal(size=(n, 1280)), [None] * n, 0.95)[0]
+    times.update(privacy_and_leakage_times(n))
     config = ClassifierConfig(steps=20 if quick else 50)
     targets = rng.integers(0, 4, size=n)
     seconds, model = timed(train_classifier, images, targets, 4, config, progress=False)
     times[f"classifier training, per step (batch {config.batch_size}, independent of n)"] = seconds / config.steps
     times["classifier prediction (conditional accuracy)"] = timed(predict, model, images, config.image_size)[0]
     return times
+
+
+def privacy_and_leakage_times(n: int) -> dict[str, float]:
+    """`privacy` (n training images of n/4 prompts, n generated, n/4 held-out) and `check-splits`
+    (train n vs test n/4) end to end, PNG reading included, with pixels as the feature space (the
+    extractors' own cost is the rate table's)."""
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from medart_core.metrics.features import pixel_features
+    from medart_core.metrics.leakage import check_leakage
+    from medart_core.metrics.privacy import privacy_report
+    from medart_core.metrics.sets import load_set
+
+    def write(folder: Path, count: int, seed: int) -> Path:
+        import json
+
+        folder.mkdir(parents=True)
+        rows = []
+        for i, image in enumerate(noise_images(count, seed=seed)):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+            rows.append({"file_name": f"{i}.png", "text": f"prompt {i % max(1, n // 4)}", "label": str(i % 4)})
+        (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write(root / "data" / "train", n, 1)
+        write(root / "data" / "test", n // 4, 2)
+        write(root / "fake", n, 3)
+        train, test = load_set("training", root / "data", ("train",)), load_set("held-out", root / "data", ("test",))
+        fake = load_set("synthetic", root / "fake", ())
+        return {
+            f"privacy ({n} generated, n/4 prompts, mirrors, pixels as features)": timed(
+                privacy_report, train, fake, test, pixel_features(), progress=False)[0],
+            "check-splits (train n vs test n/4, exact + near + mirrored)": timed(
+                check_leakage, [train, test], progress=False)[0],
+        }
 
 
 def main() -> None:

@@ -126,7 +126,7 @@ def measure(kind: str, model_dir: str, data_dir: str, resolution: int, hldf_step
         reset_peak_resident()
 
     def step(i):
-        generator = T.step_generator(0, i, 0)
+        generator = T.step_generators(0, i, len(batch["text"]))
         loss, real_colour = T.noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator)
         if kind.startswith("hldf"):
             loss = loss + config.colour_weight * T.hldf_colour_step(models, real_colour, batch["text"], config,

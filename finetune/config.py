@@ -21,7 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from medart_core.bases import supported
 from medart_core.errors import MedArtError
+from medart_core.model_presets import preset_help
 
 
 DEFAULT_TRAIN_STEPS = 1000
@@ -32,7 +34,7 @@ DERIVED_AT_START = {
     "max_train_steps": "derived at start: num_train_epochs x images / (train_batch_size x processes x "
                        f"gradient_accumulation_steps), rounded up ({DEFAULT_TRAIN_STEPS} without num_train_epochs)",
     "num_train_epochs": "not used: max_train_steps sets the length",
-    "max_prompt_tokens": "derived at start: the base model's own T5 limit (120 for PixArt-alpha)",
+    "max_prompt_tokens": "derived at start: the base model's own T5 limit (120 for PixArt-alpha, 300 for PixArt-Sigma)",
     "lora_alpha": "derived at start: the rank (scale 1)",
     "text_encoder_lora_rank": "derived at start: lora_rank",
     "hldf_weight": "derived at start: 1 / hldf_steps",
@@ -51,7 +53,9 @@ def option(default, help: str):
 @dataclass
 class TrainConfig:
     # what to train on, and where results go
-    model: str = option("PixArt-alpha/PixArt-XL-2-512x512", "base pipeline: hub id or local save_pretrained folder")
+    model: str = option("PixArt-alpha/PixArt-XL-2-512x512",
+                        f"base pipeline: a preset ({preset_help()}), or a hub id or local save_pretrained folder "
+                        f"of a supported pipeline ({supported()})")
     data: str = option("", "imagefolder with metadata.jsonl (file_name, text); its train/ split when it has one")
     output_dir: str = option("runs/medart-lora", "adapters, checkpoints, logs and model card go here")
     # data
@@ -73,10 +77,11 @@ class TrainConfig:
     optimizer: str = option("adamw8bit", "adamw8bit (bitsandbytes; falls back to adamw where unavailable) or adamw")
     weight_decay: float = option(1e-2, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 turns clipping off)")
-    mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else no), no, bf16 or fp16")
+    mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else no), no, bf16 or fp16 "
+                                                  "(GPU only: loss scaling)")
     gradient_checkpointing: bool = option(False, "recompute transformer blocks in the backward pass (less memory)")
     max_prompt_tokens: int | None = option(None, "T5 tokens of a caption that reach the model; longer ones are cut "
-                                                 "(default: the base model's own limit, 120 for PixArt-alpha)")
+                                                 "(default: the base model's own limit, 120 for PixArt-alpha, 300 for PixArt-Sigma)")
     text_encoder_quantization: str = option("none", "load the frozen T5 in 8bit or 4bit through bitsandbytes, or none")
     # caching (medart_core.cache): T5 and the VAE encoder run once per dataset, not every step
     cache: bool = option(True, "train from cached VAE latents (with center_crop) and T5 embeddings (with T5 frozen)")
@@ -100,7 +105,8 @@ class TrainConfig:
     hldf_color_pairing: str = option("per_image", "per_image: each generated image against its own real image, "
                                                   "averaged over the batch (the paper's loss at any batch size); "
                                                   "batch: the generated batch against the pooled real batch")
-    hldf_grad_last_k: int | None = option(None, "back-propagate through the last k sampling steps only (default: all)")
+    hldf_grad_last_k: int | None = option(None, "back-propagate through the last k >= 1 sampling steps "
+                                                      "only (default: all)")
     hldf_checkpointing: bool = option(True, "recompute each sampling step's transformer call in the backward pass")
     vae_gradient_checkpointing: bool = option(False, "recompute VAE decoder blocks in the HLDF backward pass")
     # bookkeeping
@@ -146,6 +152,10 @@ class TrainConfig:
             raise MedArtError(f"hldf_color_pairing must be per_image or batch, got {self.hldf_color_pairing!r}")
         if self.hldf_every < 0 or (self.hldf_every and self.hldf_steps < 1):
             raise MedArtError("hldf_every must be >= 0 and hldf_steps >= 1")
+        if self.hldf_grad_last_k is not None and self.hldf_grad_last_k < 1:
+            raise MedArtError(f"hldf_grad_last_k must be at least 1, got {self.hldf_grad_last_k}: with 0 the HLDF "
+                              "sample would run and send no gradient; leave it unset to back-propagate through "
+                              "every sampling step, or set hldf_every 0 to turn HLDF off")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise MedArtError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -212,7 +222,7 @@ def _option_type(annotation):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="LoRA + HLDF fine-tuning of PixArt-alpha. Run with `accelerate launch finetune/train.py "
+        description="LoRA + HLDF fine-tuning of PixArt-alpha or PixArt-Sigma. Run with `accelerate launch finetune/train.py "
                     "--config CONFIG.yaml [--key value ...]`: options override the config file.")
     parser.add_argument("--config", help="YAML file with any of the keys below")
     parser.add_argument("--plan", nargs="?", const="auto", choices=["auto", "cpu", "cuda"],

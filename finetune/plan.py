@@ -3,7 +3,7 @@
     python finetune/train.py --config finetune/configs/paper.yaml --plan [cpu|cuda]
 
 Parameter counts are exact: the model classes are built from their config.json files (a local
-folder's, or the presets below for the PixArt-alpha hub ids) on the `meta` device, which holds
+folder's, or a preset's from medart_core.model_presets) on the `meta` device, which holds
 shapes and no data. Activation sizes are estimates from the architecture (tensors a PixArt block
 keeps for its backward pass, in units of tokens x width), checked against measured peaks by
 bench/bench_train.py.
@@ -16,30 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.config import TrainConfig
+from medart_core.bases import Base, detect_base
 from medart_core.errors import MedArtError
 from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS
-from medart_core.pipeline import MAX_PROMPT_TOKENS
+from medart_core.model_presets import PRESETS
 
 GIB = 2 ** 30
-
-_PIXART_XL_TRANSFORMER = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                              num_layers=28, cross_attention_dim=1152, attention_bias=True, patch_size=2,
-                              activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
-                              norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
-                              caption_channels=4096)
-_SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-               up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
-               layers_per_block=2, latent_channels=4, norm_num_groups=32, scaling_factor=0.18215)
-_T5_V1_1_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, vocab_size=32128,
-                    relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                    feed_forward_proj="gated-gelu", is_encoder_decoder=False)
-# The component configs of the hub checkpoints (their config.json files), so a plan needs no download.
-PRESETS = {
-    "PixArt-alpha/PixArt-XL-2-512x512": {"transformer": {**_PIXART_XL_TRANSFORMER, "sample_size": 64},
-                                         "vae": {**_SD_VAE, "sample_size": 512}, "text_encoder": _T5_V1_1_XXL},
-    "PixArt-alpha/PixArt-XL-2-1024-MS": {"transformer": {**_PIXART_XL_TRANSFORMER, "sample_size": 128},
-                                         "vae": {**_SD_VAE, "sample_size": 1024}, "text_encoder": _T5_V1_1_XXL},
-}
 
 # Tensors one PixArt transformer block keeps for backward, in units of (tokens x width): norms and
 # modulations (~4), self-attention q, k, v, output and projection input (~6), cross-attention (~4),
@@ -49,19 +31,20 @@ BLOCK_ACTIVATIONS = 26
 RESNET_ACTIVATIONS = 7
 
 
-def read_component_configs(model: str) -> dict[str, dict]:
-    """config.json of the transformer, VAE and T5 of a local folder, or a hub id's preset."""
+def read_component_configs(model: str) -> tuple[Base, dict[str, dict]]:
+    """The base and the config.json of the transformer, VAE and T5 of a local folder, or a preset's."""
     folder = Path(model).expanduser()
     if (folder / "model_index.json").is_file():
+        base = detect_base(str(folder))  # an unsupported pipeline is refused in one line
         configs = {}
         for part in ("transformer", "vae", "text_encoder"):
             path = folder / part / "config.json"
             if not path.is_file():
-                raise MedArtError(f"{path} not found: {folder} is not a complete PixArt-alpha pipeline folder")
+                raise MedArtError(f"{path} not found: {folder} is not a complete {base.name} pipeline folder")
             configs[part] = json.loads(path.read_text())
-        return configs
+        return base, configs
     if model in PRESETS:
-        return PRESETS[model]
+        return PRESETS[model].base, PRESETS[model].configs
     raise MedArtError(f"no local pipeline folder {model} and no memory-plan preset for it; presets: "
                       f"{', '.join(PRESETS)} (or pass --model with a local save_pretrained folder)")
 
@@ -127,12 +110,13 @@ def t5_weight_bytes(text_encoder, quantization: str, dtype_bytes: int) -> int:
 
 
 def transformer_activations(transformer, batch: int, resolution: int, vae_scale: int, value_bytes: int, *,
-                            checkpointing: bool) -> int:
-    """Tensors kept for backward by one transformer call on `batch` images (+ a backward workspace)."""
+                            checkpointing: bool, prompt_tokens: int) -> int:
+    """Tensors kept for backward by one transformer call on `batch` images (+ a backward workspace);
+    `prompt_tokens`: the base's text-encoder limit (cross-attention keys and values)."""
     c = transformer.config
     tokens = (resolution // vae_scale // c.patch_size) ** 2
     width = c.num_attention_heads * c.attention_head_dim
-    per_block = BLOCK_ACTIVATIONS * batch * tokens * width + 2 * batch * MAX_PROMPT_TOKENS * width
+    per_block = BLOCK_ACTIVATIONS * batch * tokens * width + 2 * batch * prompt_tokens * width
     workspace = 8 * batch * tokens * width  # gradients of the widest (4x) feed-forward tensors
     if checkpointing:  # block inputs only, plus one block recomputed at a time
         return (c.num_layers * batch * tokens * width + per_block + workspace) * value_bytes
@@ -164,6 +148,8 @@ class MemoryPlan:
     model: str
     device: str
     parameters: dict[str, int]
+    base: Base | None = None
+    prompt_tokens: int = 0  # T5 tokens a caption reaches the model with (max_prompt_tokens, else the base's limit)
     rows: dict[str, int] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -188,6 +174,8 @@ class MemoryPlan:
         gib = lambda n: f"{n / GIB:8.2f} GiB"  # noqa: E731
         p = self.parameters
         lines = [f"memory plan for {self.model} on {self.device} (estimate; no weights were loaded)",
+                 f"base: {self.base.name}, prompts up to {self.prompt_tokens} tokens of its "
+                 f"{self.base.text_encoder} (limit {self.base.max_prompt_tokens})" if self.base else "base: unknown",
                  f"parameters: transformer {p['transformer'] / 1e6:.1f}M, VAE {p['vae'] / 1e6:.1f}M, "
                  f"T5 {p['text_encoder'] / 1e6:.1f}M, LoRA {p['lora'] / 1e6:.2f}M"]
         labels = {"transformer": "transformer weights", "vae": "VAE weights", "text_encoder": "T5 weights during the loop",
@@ -210,14 +198,17 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    transformer, vae, text_encoder = empty_models(read_component_configs(config.model))
+    base, configs = read_component_configs(config.model)
+    transformer, vae, text_encoder = empty_models(configs)
+    prompt_tokens = config.max_prompt_tokens or base.max_prompt_tokens
     model_bytes, text_bytes = _dtype_bytes(config.mixed_precision, device)
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     lora = lora_tensor_sizes(transformer, TRANSFORMER_TARGETS, config.lora_rank)
     if config.train_text_encoder_lora:
         lora += lora_tensor_sizes(text_encoder, TEXT_ENCODER_TARGETS, config.text_encoder_lora_rank or config.lora_rank)
     plan = MemoryPlan(config.model, device, {"transformer": count(transformer), "vae": count(vae),
-                                             "text_encoder": count(text_encoder), "lora": sum(lora)})
+                                             "text_encoder": count(text_encoder), "lora": sum(lora)},
+                      base=base, prompt_tokens=prompt_tokens)
     rows, notes = plan.rows, plan.notes
     rows["transformer"] = count(transformer) * model_bytes
     rows["vae"] = count(vae) * model_bytes
@@ -238,21 +229,24 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
 
     batch, resolution = config.train_batch_size, config.resolution
     activations = {ckpt: transformer_activations(transformer, batch, resolution, vae_scale, model_bytes,
-                                                 checkpointing=ckpt) for ckpt in (False, True)}
+                                                 checkpointing=ckpt, prompt_tokens=prompt_tokens)
+                   for ckpt in (False, True)}
     rows["activations"] = activations[config.gradient_checkpointing]
     rows["activations_other"] = activations[not config.gradient_checkpointing]
     notes["activations"] = f"batch {batch} at {resolution} px, gradient_checkpointing {config.gradient_checkpointing}"
     notes["activations_other"] = f"with gradient_checkpointing {not config.gradient_checkpointing}"
     if config.train_text_encoder_lora:
         t5_width = text_encoder.config.d_model
-        t5_acts = text_encoder.config.num_layers * 12 * batch * MAX_PROMPT_TOKENS * t5_width * text_bytes
+        t5_acts = text_encoder.config.num_layers * 12 * batch * prompt_tokens * t5_width * text_bytes
         rows["activations"] += t5_acts
         rows["activations_other"] += t5_acts
 
     if config.hldf_every:
         grad_steps = min(config.hldf_grad_last_k or config.hldf_steps, config.hldf_steps)
+        # inside a checkpointed HLDF sample the blocks are not checkpointed (medart_core.sampling)
+        blocks_checkpointed = config.gradient_checkpointing and not config.hldf_checkpointing
         one_call = transformer_activations(transformer, 2 * batch, resolution, vae_scale, model_bytes,
-                                           checkpointing=config.gradient_checkpointing)
+                                           checkpointing=blocks_checkpointed, prompt_tokens=prompt_tokens)
         sampling = one_call if config.hldf_checkpointing else grad_steps * one_call
         decode = vae_decoder_activations(vae, batch, resolution, model_bytes,
                                          checkpointing=config.vae_gradient_checkpointing)

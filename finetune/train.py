@@ -1,8 +1,8 @@
-"""LoRA + HLDF fine-tuning of PixArt-alpha.
+"""LoRA + HLDF fine-tuning of a supported base (PixArt-alpha or PixArt-Sigma; medart_core.bases).
 
     accelerate launch finetune/train.py --config finetune/configs/paper.yaml [--key value ...]
 
-The story, top to bottom: config -> models (frozen PixArt-alpha + LoRA adapters) -> data ->
+The story, top to bottom: config -> models (frozen base + LoRA adapters) -> data ->
 optimizer -> resume -> loop -> save. Each optimizer step trains on the latent noise-prediction
 loss; every `hldf_every` steps, Hybrid-Level Diffusion Fine-tuning also samples an image per real
 image with the shared DPM-Solver++ loop *with gradients*, decodes it to pixels and adds a
@@ -13,6 +13,9 @@ Gradients of the (small) LoRA weights are averaged across processes by one all-r
 instead of wrapping the transformer in DistributedDataParallel, which cannot follow the many
 transformer calls of an HLDF sample before one backward pass.
 
+Every random draw of a sample comes from its own seed (seed, micro-step, place in the global
+batch; medart_core.training_draws), so resuming, or splitting a batch over processes, changes none.
+
 With `cache: true` (the default) T5 and the VAE encoder run once per dataset, not every step: the
 loop reads cached latent distributions and prompt embeddings (medart_core.cache). `--plan`
 prints the estimated memory of a config and exits, without loading any weights (finetune/plan.py).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -33,6 +37,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
+from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -42,11 +47,16 @@ from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images, process_state
 from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS, add_lora, lora_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER, EmbeddingStore, text_cache_key
-from medart_core.losses import hldf_color_loss, image_channel_statistics, noise_prediction_loss
+from medart_core.bases import base_of_pipeline
+from medart_core.losses import (channel_sums_from_statistics, colour_statistics_distance, hldf_color_loss,
+                                image_channel_statistics, noise_prediction_loss, statistics_from_sums)
+from medart_core.lora_file import LORA_FILE, write_lora_file
 from medart_core.pipeline import (TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths, LoadedModel, Precision,
-                                  PromptEncoder, base_prompt_token_limit, load_pipeline)
+                                  PromptEncoder, load_pipeline)
 from medart_core.sampling import TextConditioning, decode_latents, dpm_solver_sample, micro_conditions, predict_noise
+from medart_core.synthetic import save_synthetic_png
 from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampler, cache_latents, sample_cached_latents
+from medart_core.training_draws import micro_step_seed, sample_draws, sample_generator, sample_seed, use_sample_dropout
 
 logger = logging.getLogger("medart.train")
 STATE_FILE = "training_state.pt"
@@ -57,6 +67,10 @@ STATE_FILE = "training_state.pt"
 
 
 def choose_mixed_precision(config: TrainConfig, device: torch.device) -> str:
+    if config.mixed_precision == "fp16" and device.type == "cpu":
+        # accelerate has no loss scaler on CPU: fp16 gradients would underflow or overflow unchecked
+        raise MedArtError("mixed_precision fp16 needs a GPU (its loss scaling exists only there); on CPU use "
+                          "mixed_precision no (or bf16)")
     if config.mixed_precision != "auto":
         return config.mixed_precision
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
@@ -69,7 +83,7 @@ def training_precision(device: torch.device, mixed_precision: str) -> Precision:
 
 
 def build_models(config: TrainConfig, precision: Precision):
-    """PixArt-alpha with a trainable LoRA on the transformer (and optionally on T5); all else frozen."""
+    """The base pipeline with a trainable LoRA on the transformer (and optionally on T5); all else frozen."""
     loaded = load_pipeline(config.model, precision=precision, prompt_cache_size=0,
                            text_encoder_quantization=config.text_encoder_quantization)
     pipe = loaded.pipe
@@ -77,6 +91,10 @@ def build_models(config: TrainConfig, precision: Precision):
         module.requires_grad_(False)
     if config.gradient_checkpointing:
         pipe.transformer.enable_gradient_checkpointing()
+        if config.hldf_every and config.hldf_checkpointing:
+            logger.warning("gradient_checkpointing and hldf_checkpointing are both on: blocks are checkpointed in "
+                           "the noise-prediction step, but not inside the HLDF sample, whose every transformer "
+                           "call is already recomputed once (block checkpointing there would recompute it twice)")
     if config.vae_gradient_checkpointing:
         pipe.vae.enable_gradient_checkpointing()
     transformer_lora = add_lora(pipe.transformer, lora_config(
@@ -87,6 +105,9 @@ def build_models(config: TrainConfig, precision: Precision):
         text_encoder_lora = add_lora(pipe.text_encoder, lora_config(
             TEXT_ENCODER_TARGETS, rank=config.text_encoder_lora_rank or config.lora_rank,
             alpha=config.lora_alpha, dropout=config.lora_dropout, use_dora=config.use_dora, init=config.lora_init))
+    for adapted in (transformer_lora, text_encoder_lora):
+        if adapted is not None:
+            use_sample_dropout(adapted)  # LoRA dropout masks from each sample's seed (resume, processes)
     pipe.transformer.train()
     pipe.text_encoder.eval()  # T5 dropout stays off, LoRA or not
     return loaded, transformer_lora, text_encoder_lora
@@ -107,16 +128,20 @@ def make_optimizer(parameters, config: TrainConfig, device: torch.device):
 # one step
 
 
-def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    """All randomness of one micro-batch comes from (seed, micro-step, process): a resumed run
-    draws exactly what an uninterrupted run would have drawn."""
-    state = np.random.SeedSequence([seed, micro_step, rank]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+def batch_generators(batch: dict) -> list[torch.Generator]:
+    """One generator per sample, from the sample seeds the sampler gave (seed, micro-step, global
+    position): a resumed run, or the batch split over other processes, draws the same numbers."""
+    return [sample_generator(int(seed)) for seed in batch["sample_seed"]]
+
+
+def step_generators(seed: int, micro_step: int, batch_size: int) -> list[torch.Generator]:
+    """The generators of a batch that did not come from ResumableShuffleSampler (benchmarks, tests)."""
+    return [sample_generator(sample_seed(seed, micro_step, position)) for position in range(batch_size)]
 
 
 def prompt_token_budget(config: TrainConfig, pipe) -> int:
     """`max_prompt_tokens`, or the base model's own limit, so a base with a longer one is not cut."""
-    return config.max_prompt_tokens or base_prompt_token_limit(pipe)
+    return config.max_prompt_tokens or base_of_pipeline(pipe).max_prompt_tokens
 
 
 def encode_text(prompts: PromptEncoder, texts: list[str], trainable: bool, dtype) -> TextConditioning:
@@ -124,33 +149,38 @@ def encode_text(prompts: PromptEncoder, texts: list[str], trainable: bool, dtype
     return text.to(prompts.pipe.transformer.device, dtype)
 
 
-def noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator):
+def noise_prediction_step(models, batch, config, generators, noise_scheduler, accelerator):
     """The usual latent diffusion loss on a real batch (with flips and caption dropout). Returns the
     loss and each real image's per-channel colour mean and std in [0, 1] ((B, C) each), for HLDF.
 
+    `generators`: one per sample (batch_generators); each sample's flip, caption dropout, latent
+    sample, noise and timestep come from its own, so they do not depend on the rest of the batch.
     A batch holds pixels, or cached latent distributions (see medart_core.training_data): both
     draw the same random numbers in the same order, so they give the same loss."""
     pipe = models.pipe
     device, dtype = accelerator.device, pipe.transformer.dtype
     size = len(batch["text"])
+    if len(generators) != size:
+        raise ValueError(f"{size} samples but {len(generators)} generators")
     flip = torch.zeros(size, dtype=torch.bool)
     if config.random_flip:
-        flip = torch.rand(size, generator=generator) < 0.5
-    dropped = torch.rand(size, generator=generator) < config.caption_dropout
+        flip = torch.cat([torch.rand(1, generator=g) for g in generators]) < 0.5
+    dropped = torch.cat([torch.rand(1, generator=g) for g in generators]) < config.caption_dropout
     texts = ["" if drop else text for drop, text in zip(dropped.tolist(), batch["text"])]
     text = encode_text(models.prompts, texts, config.train_text_encoder_lora, dtype)
     if "latent_mean" in batch:
-        latents = sample_cached_latents(batch, flip, generator, device)
+        latents = sample_cached_latents(batch, flip, generators, device)
         real_colour = batch["rgb_mean"], batch["rgb_std"]  # a flip leaves them unchanged
     else:
         pixels = batch["pixels"].to(device)
         pixels = torch.where(flip.to(device)[:, None, None, None], pixels.flip(-1), pixels)
         with torch.no_grad():
-            latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.sample(generator=generator)
+            latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.sample(generator=generators)
         real_colour = image_channel_statistics(pixels.float() / 2 + 0.5)
     latents = (latents * pipe.vae.config.scaling_factor).to(dtype)
-    noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noise = randn_tensor(latents.shape, generator=generators, dtype=torch.float32).to(device, dtype)
+    timesteps = torch.cat([torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=g)
+                           for g in generators])
     noisy = noise_scheduler.add_noise(latents, noise, timesteps.to(device))
     added = micro_conditions(pipe.transformer, len(latents), config.resolution, config.resolution,
                              device=device, dtype=dtype)
@@ -159,18 +189,20 @@ def noise_prediction_step(models, batch, config, generator, noise_scheduler, acc
     return noise_prediction_loss(predicted, noise), real_colour
 
 
-def hldf_colour_step(models, real_colour, texts, config, generator, accelerator):
+def hldf_colour_step(models, real_colour, texts, config, generators, accelerator):
     """HLDF: sample one image per real image (from its caption) through DPM-Solver++ with
     gradients, decode it to pixels and compare its per-channel colour statistics with its real
     image's, or the batch's with the real batch's (`hldf_color_pairing`; `real_colour`: per-image
-    per-channel mean and std in [0, 1], as noise_prediction_step returns them)."""
+    per-channel mean and std in [0, 1], as noise_prediction_step returns them). Each image's
+    starting noise comes from its sample's generator (after noise_prediction_step's draws)."""
     pipe = models.pipe
     device, dtype = accelerator.device, pipe.transformer.dtype
     text = encode_text(models.prompts, texts, config.train_text_encoder_lora, dtype)
     negative = encode_text(models.prompts, [""] * len(texts), config.train_text_encoder_lora, dtype)
     size = config.resolution // pipe.vae_scale_factor
     shape = (len(texts), pipe.transformer.config.in_channels, size, size)
-    noise = (torch.randn(shape, generator=generator) * pipe.scheduler.init_noise_sigma).to(device, dtype)
+    noise = randn_tensor(shape, generator=generators, dtype=torch.float32) * pipe.scheduler.init_noise_sigma
+    noise = noise.to(device, dtype)
     with accelerator.autocast():
         latents = dpm_solver_sample(
             pipe.transformer, pipe.scheduler, noise, text, negative,
@@ -179,8 +211,31 @@ def hldf_colour_step(models, real_colour, texts, config, generator, accelerator)
             grad_last_k=config.hldf_grad_last_k, gradient_checkpointing=config.hldf_checkpointing,
         )
         generated = decode_latents(pipe.vae, latents)
-    return hldf_color_loss(generated.float() / 2 + 0.5, *real_colour, pixels_per_image=config.resolution ** 2,
+    generated = generated.float() / 2 + 0.5
+    pixels_per_image = config.resolution ** 2
+    if config.hldf_color_pairing == "batch" and accelerator.num_processes > 1:
+        return batch_colour_loss_over_processes(generated, *real_colour, pixels_per_image, accelerator)
+    # per_image: a mean over images, so the mean over processes (gradient averaging) is the global batch's
+    return hldf_color_loss(generated, *real_colour, pixels_per_image=pixels_per_image,
                            pairing=config.hldf_color_pairing)
+
+
+def batch_colour_loss_over_processes(generated: torch.Tensor, real_means: torch.Tensor, real_stds: torch.Tensor,
+                                     pixels_per_image: int, accelerator) -> torch.Tensor:
+    """The `batch` colour loss of the global batch: per-channel statistics pooled over every
+    process's images, so a batch split over processes has the loss (and, once gradients are
+    averaged, the gradient) of the whole batch on one process. The generated sums cross processes
+    by a differentiable all-reduce: each process back-propagates the global loss into its images."""
+    from torch.distributed.nn.functional import all_reduce
+
+    flat = generated.transpose(0, 1).reshape(generated.shape[1], -1)
+    generated_sums = all_reduce(torch.stack([flat.sum(dim=1), (flat ** 2).sum(dim=1)]))
+    real_sums = torch.stack([s.sum(dim=0) for s in channel_sums_from_statistics(real_means, real_stds,
+                                                                                 pixels_per_image)])
+    real_sums = accelerator.reduce(real_sums.to(flat.device), reduction="sum")
+    total = pixels_per_image * generated.shape[0] * accelerator.num_processes
+    return colour_statistics_distance(*statistics_from_sums(*generated_sums, total),
+                                      *statistics_from_sums(*real_sums, total))
 
 
 def prepare_cached_inputs(models, images, prompts, config, accelerator):
@@ -207,6 +262,95 @@ def prepare_cached_inputs(models, images, prompts, config, accelerator):
     return dataset, encoder
 
 
+def accumulate_gradients(models, batches, config, noise_scheduler, accelerator, *, micro_step: int,
+                         hldf_now: bool, nonfinite_loss: bool = False) -> tuple[dict, bool]:
+    """Back-propagate the loss of one optimizer step's micro-batches (the first is `micro_step`)
+    into the LoRA gradients; returns the logs and whether every loss was finite.
+
+    The noise-prediction loss is averaged over the micro-batches; the colour term (HLDF, once per
+    optimizer step, on the last micro-batch) keeps its full `hldf_weight` at any accumulation.
+    A non-finite loss is still back-propagated: its gradients make the step skipped, and every
+    process takes part in every backward pass. `nonfinite_loss` (tests only) makes the loss NaN."""
+    accumulation = config.gradient_accumulation_steps
+    logs, finite = {"loss/mse": 0.0}, True
+    for index in range(accumulation):
+        batch = next(batches)
+        torch.manual_seed(micro_step_seed(config.seed, micro_step + index))  # LoRA dropout's salts draw from it
+        generators = batch_generators(batch)
+        with sample_draws(batch["sample_seed"].tolist()):
+            loss, real_colour = noise_prediction_step(models, batch, config, generators, noise_scheduler, accelerator)
+            if nonfinite_loss:
+                loss = loss * float("nan")
+            logs["loss/mse"] += mean_over_processes(loss, accelerator) / accumulation
+            loss = loss / accumulation
+            if hldf_now and index == accumulation - 1:  # once per optimizer step, never per micro-batch
+                colour = hldf_colour_step(models, real_colour, batch["text"], config, generators, accelerator)
+                logs["loss/color"] = mean_over_processes(colour, accelerator)  # the same on every process
+                loss = loss + config.colour_weight * colour
+            finite = finite and bool(torch.isfinite(loss))
+            accelerator.backward(loss)
+    return logs, finite
+
+
+def mean_over_processes(value: torch.Tensor, accelerator: Accelerator) -> float:
+    """A logged loss is the whole batch's, not the main process's share."""
+    return float(accelerator.reduce(value.detach().float().reshape(1), reduction="mean").item())
+
+
+def gradients_are_finite(parameters: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(p.grad).all()) for p in parameters if p.grad is not None)
+
+
+def optimizer_step(optimizer, parameters: list[torch.Tensor], *, finite: bool, max_grad_norm: float,
+                   accelerator: Accelerator) -> tuple[bool, float | None]:
+    """Take the step on every process, or skip it on every process when any one is not `finite`.
+    Returns (stepped, gradient norm before clipping). `optimizer`: accelerate's AcceleratedOptimizer.
+
+    accelerate's reduce knows "mean", "sum", "max" and "none" (any other string silently sums), so
+    the verdict is a max over not-finite flags. With fp16 loss scaling (the optimizer's `scaler`:
+    accelerate's GradScaler) the scaler sees every step: a step skipped behind its back would never
+    lower a scale that overflows, and the overflow would repeat on every later step. So a
+    not-finite step reaches the scaler as not-finite gradients on every process: each skips it
+    and backs off its scale, in step with the others."""
+    flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+    any_nonfinite = bool(accelerator.reduce(flag, reduction="max").item())
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None and any_nonfinite:
+        return False, None
+    if any_nonfinite:
+        for param in parameters:
+            param.grad = torch.full_like(param, float("inf"))
+    norm = None
+    if scaler is not None:
+        scaler.unscale_(optimizer.optimizer)  # clip (and report) the true gradients, not the scaled ones
+    if max_grad_norm > 0 and not any_nonfinite:
+        norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
+    optimizer.step()  # with a scaler: scaler.step (skips not-finite gradients) and scaler.update
+    return not any_nonfinite and not (scaler is not None and optimizer.step_was_skipped), norm
+
+
+def processes_agree(parameters: list[torch.Tensor], accelerator: Accelerator) -> bool:
+    """Whether every process holds the same LoRA weights, as it must (same averaged gradients, same
+    optimizer): a process that drifted would train on weights the saved checkpoint does not hold."""
+    if accelerator.num_processes == 1:
+        return True
+    digest = torch.stack([value for p in parameters for value in (p.detach().double().sum(),
+                                                                   p.detach().double().abs().sum())])
+    gathered = accelerator.gather(digest.to(accelerator.device)[None])
+    return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-12))
+
+
+def injected_nonfinite_steps(rank: int) -> set[int]:
+    """Test hook: MEDART_TEST_NONFINITE_LOSS="RANK:STEP,..." makes the loss of process RANK NaN at
+    optimizer step STEP (1-based), to test that a step is skipped on every process."""
+    steps = set()
+    for item in filter(None, os.environ.get("MEDART_TEST_NONFINITE_LOSS", "").split(",")):
+        item_rank, step = (int(part) for part in item.split(":"))
+        if item_rank == rank:
+            steps.add(step)
+    return steps
+
+
 def average_gradients(parameters: list[torch.Tensor], accelerator: Accelerator) -> None:
     """Mean of the LoRA gradients over processes, in one all-reduce."""
     if accelerator.num_processes == 1:
@@ -224,9 +368,13 @@ def average_gradients(parameters: list[torch.Tensor], accelerator: Accelerator) 
 
 
 def save_adapters(folder: Path, transformer_lora, text_encoder_lora) -> None:
+    """PEFT folders, and the same adapters as one file in diffusers' LoRA layout (medart_core.lora_file)."""
     transformer_lora.save_pretrained(folder / TRANSFORMER_ADAPTER)
+    adapters = {"transformer": transformer_lora}
     if text_encoder_lora is not None:
         text_encoder_lora.save_pretrained(folder / TEXT_ENCODER_ADAPTER)
+        adapters["text_encoder"] = text_encoder_lora
+    write_lora_file(folder, adapters)
 
 
 def save_checkpoint(output_dir: Path, state: dict, transformer_lora, text_encoder_lora, keep: int) -> Path:
@@ -289,8 +437,10 @@ def run_validation(models, config, prompts, seeds, step, output_dir, accelerator
     pipe.transformer.train()
     folder = output_dir / "validation" / f"step-{step}"
     folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        image.save(folder / f"{i:02d}.png")
+    for i, (image, prompt, seed) in enumerate(zip(images, prompts, seeds)):
+        save_synthetic_png(image, folder / f"{i:02d}.png", {
+            "text": prompt, "seed": seed, "steps": settings.steps, "guidance": settings.guidance,
+            "model": config.model, "adapters": f"LoRA being trained, step {step} ({output_dir})"})
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             stacked = np.stack([np.asarray(image) for image in images])
@@ -298,24 +448,27 @@ def run_validation(models, config, prompts, seeds, step, output_dir, accelerator
     return folder
 
 
-def write_model_card(output_dir: Path, config: TrainConfig, summary: dict) -> None:
+def write_model_card(output_dir: Path, config: TrainConfig, summary: dict, base_name: str) -> None:
     figures = "\n".join(f"| {key} | {value} |" for key, value in summary.items())
     (output_dir / "README.md").write_text(f"""---
 base_model: {config.model}
 library_name: peft
-tags: [medart, pixart-alpha, lora, hldf, medical-imaging, text-to-image]
+tags: [medart, {base_name.lower()}, lora, hldf, medical-imaging, text-to-image]
 ---
 
 # Med-Art LoRA adapters for {config.model}
 
 LoRA adapters (PEFT) for the transformer{' and the T5 text encoder' if config.train_text_encoder_lora else ''} of
-`{config.model}`, fine-tuned by Med-Art on `{config.data}` with
+`{config.model}` ({base_name}), fine-tuned by Med-Art on `{config.data}` with
 {'Hybrid-Level Diffusion Fine-tuning (colour loss every ' + str(config.hldf_every) + ' steps)' if config.hldf_every else 'the noise-prediction loss only (HLDF off)'}.
 
 **Not for clinical use.** Images generated with these adapters are synthetic: they are not
 patient images and must not be used for diagnosis.
 
 Use: `python -m medart_core generate --model {config.model} --lora {output_dir} --prompt "..." --out DIR`
+
+The same adapters as one file in diffusers' LoRA layout, with the LoRA config in its header:
+`{LORA_FILE}` (`--lora {output_dir}/{LORA_FILE}` loads it too).
 
 ## Figures
 
@@ -413,10 +566,12 @@ def train(config: TrainConfig) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         global_step, skipped_steps = state["global_step"], state["skipped_steps"]
+        if accelerator.scaler is not None and state.get("scaler"):
+            accelerator.scaler.load_state_dict(state["scaler"])
         logger.info("resumed from %s at step %d", checkpoint, global_step)
     micro_step = global_step * config.gradient_accumulation_steps
     sampler = ResumableShuffleSampler(len(dataset), seed=config.seed, rank=rank, num_replicas=accelerator.num_processes,
-                                      start=micro_step * config.train_batch_size)
+                                      start=micro_step * config.train_batch_size, batch_size=config.train_batch_size)
     batches = iter(DataLoader(dataset, batch_size=config.train_batch_size, sampler=sampler,
                               num_workers=config.dataloader_num_workers, drop_last=True))
 
@@ -427,37 +582,27 @@ def train(config: TrainConfig) -> Path:
     last_logs: dict = {}
 
     # the loop: one iteration per optimizer step, gradient accumulation inside
+    nonfinite_steps = injected_nonfinite_steps(rank)
     while global_step < config.max_train_steps:
         hldf_now = config.hldf_every > 0 and (global_step + 1) % config.hldf_every == 0
-        logs = {"loss/mse": 0.0}
-        finite = True
-        for accumulation in range(config.gradient_accumulation_steps):
-            batch = next(batches)
-            generator = step_generator(config.seed, micro_step, rank)
-            micro_step += 1
-            loss, real_colour = noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator)
-            logs["loss/mse"] += loss.item() / config.gradient_accumulation_steps
-            last_micro_batch = accumulation == config.gradient_accumulation_steps - 1
-            if hldf_now and last_micro_batch:  # once per optimizer step, never per micro-batch
-                colour = hldf_colour_step(models, real_colour, batch["text"], config, generator, accelerator)
-                logs["loss/color"] = colour.item()
-                loss = loss + config.colour_weight * colour
-            if not torch.isfinite(loss):
-                finite = False
-                continue
-            accelerator.backward(loss / config.gradient_accumulation_steps)
-
+        logs, finite = accumulate_gradients(models, batches, config, noise_scheduler, accelerator,
+                                            micro_step=micro_step, hldf_now=hldf_now,
+                                            nonfinite_loss=global_step + 1 in nonfinite_steps)
+        micro_step += config.gradient_accumulation_steps
         average_gradients(trainable, accelerator)
-        finite = finite and all(torch.isfinite(p.grad).all() for p in trainable if p.grad is not None)
-        finite = bool(accelerator.reduce(torch.tensor([float(finite)], device=accelerator.device), "min").item())
-        if finite:
-            if config.max_grad_norm > 0:
-                logs["grad_norm"] = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
-            optimizer.step()
+        finite = finite and gradients_are_finite(trainable)
+        stepped, grad_norm = optimizer_step(optimizer, trainable, finite=finite, max_grad_norm=config.max_grad_norm,
+                                            accelerator=accelerator)
+        if stepped:
             lr_scheduler.step()
+            if grad_norm is not None:
+                logs["grad_norm"] = grad_norm
         else:
             skipped_steps += 1
-            logger.warning("step %d: non-finite loss or gradients, step skipped (weights unchanged)", global_step + 1)
+            logger.warning("step %d: non-finite loss or gradients on some process, step skipped on all "
+                           "(weights unchanged)", global_step + 1)
+        if accelerator.scaler is not None:
+            logs["loss_scale"] = accelerator.scaler.get_scale()
         optimizer.zero_grad(set_to_none=True)
         global_step += 1
         progress.update(1)
@@ -470,9 +615,14 @@ def train(config: TrainConfig) -> Path:
             if is_main:
                 with open(log_file, "a") as handle:
                     handle.write(json.dumps({"step": global_step, **logs}) + "\n")
-        if is_main and (global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps):
+        checkpoint_now = global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps
+        if checkpoint_now and not processes_agree(trainable, accelerator):
+            raise MedArtError(f"step {global_step}: the processes' LoRA weights differ; not saving a checkpoint that "
+                              "only one of them holds (a non-deterministic optimizer or device?)")
+        if is_main and checkpoint_now:
             state = {"global_step": global_step, "skipped_steps": skipped_steps, "optimizer": optimizer.state_dict(),
-                     "lr_scheduler": lr_scheduler.state_dict(), "config": vars(config)}
+                     "lr_scheduler": lr_scheduler.state_dict(), "config": vars(config),
+                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
             save_checkpoint(output_dir, state, transformer_lora, text_encoder_lora, config.checkpoints_total_limit)
         if is_main and config.validation_steps and global_step % config.validation_steps == 0:
             run_validation(models, config, validation_prompts, validation_seeds, global_step, output_dir, accelerator)
@@ -487,7 +637,7 @@ def train(config: TrainConfig) -> Path:
                    "processes": accelerator.num_processes, "mixed precision": accelerator.mixed_precision,
                    "wall time this run (s)": round(time.time() - started, 1),
                    **{k: round(v, 6) for k, v in last_logs.items() if isinstance(v, float)}}
-        write_model_card(output_dir, config, summary)
+        write_model_card(output_dir, config, summary, models.base.name)
         logger.info("adapters in %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()

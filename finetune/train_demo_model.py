@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from finetune.config import TrainConfig
-from finetune.train import noise_prediction_step, step_generator
+from finetune.train import noise_prediction_step, step_generators
 from medart_core.pipeline import AdapterPaths, LoadedModel, Precision, PromptEncoder
 from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline, train_t5_tokenizer
 from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampler, cache_latents
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     # an exponential moving average of the weights is what gets saved: smoother samples than the last step's
     weights_ema = EMAModel(transformer.parameters(), decay=args.ema_decay, foreach=True) if args.ema_decay else None
     for step in tqdm(range(1, args.steps + 1), desc="transformer"):
-        loss, _ = noise_prediction_step(models, next(stream), config, step_generator(args.seed, step, 0),
+        loss, _ = noise_prediction_step(models, next(stream), config, step_generators(args.seed, step, args.batch_size),
                                         noise_scheduler, accelerator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

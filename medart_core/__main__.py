@@ -15,6 +15,8 @@ COMMANDS = {
     "evaluate": "medart_core.commands.evaluate",
     "export": "medart_core.commands.export",
     "convert": "medart_core.commands.convert",
+    "check-splits": "medart_core.commands.check_splits",
+    "privacy": "medart_core.commands.privacy",
 }
 
 
@@ -38,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.run(args)
+        status = args.run(args)  # a command may answer with an exit status (check-splits: 1 = leakage found)
     except MedArtError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 A description must start with its simple caption (so every prompt names the class the way users
 will), must describe rather than parrot the template's feature list, and must fit the T5 text
-encoder's budget (120 tokens; longer prompts are silently truncated). `check_description` names
+encoder's budget (the base's limit: 120 tokens for PixArt-alpha, 300 for PixArt-Sigma; longer
+prompts are silently truncated). `check_description` names
 the first rule a text breaks; `repair_description` makes a text pass when retries ran out.
 """
 
@@ -13,9 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from medart_core.bases import PIXART_ALPHA, detect_base, read_model_index
 from medart_core.errors import MedArtError
 
-MAX_T5_TOKENS = 120  # PixArt-alpha's prompt budget (the paper's limit)
+MAX_T5_TOKENS = PIXART_ALPHA.max_prompt_tokens  # the paper's limit, when no pipeline says otherwise
 
 # Rule names, as recorded in the `rule` column.
 EMPTY = "empty"
@@ -47,15 +49,29 @@ def estimate_t5_tokens(text: str) -> int:
     return count
 
 
+def default_token_budget(tokenizer: str | None) -> int:
+    """The prompt limit of the base a `--tokenizer` pipeline (folder, hub id or preset) belongs to;
+    PixArt-alpha's (the paper's) for a bare tokenizer or none."""
+    from medart_core.model_presets import PRESETS
+
+    if tokenizer and (tokenizer in PRESETS or read_model_index(tokenizer) is not None):
+        return detect_base(tokenizer).max_prompt_tokens
+    return MAX_T5_TOKENS
+
+
 def load_token_counter(tokenizer: str | None) -> tuple[TokenCounter, str]:
     """(counter, description): T5 tokens counted with the given tokenizer (a hub id, a tokenizer
-    folder, or a PixArt pipeline folder with tokenizer/), else estimated."""
+    folder, a pipeline folder with tokenizer/, or a model preset), else estimated."""
     if not tokenizer:
         return estimate_t5_tokens, "estimated T5 tokens (no --tokenizer given)"
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
+    from medart_core.model_presets import PRESETS
+
+    if tokenizer in PRESETS:  # a PixArt-Sigma transformer repository has no tokenizer; its components one has
+        tokenizer = PRESETS[tokenizer].components_repo
     path = Path(tokenizer)
     attempts = [{"subfolder": "tokenizer"}] if (path / "tokenizer").is_dir() else [{}, {"subfolder": "tokenizer"}]
     errors = []

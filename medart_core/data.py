@@ -92,6 +92,22 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> Path:
     return path
 
 
+def write_json_atomic(path: str | Path, data) -> Path:
+    """One JSON document, written like `write_jsonl_atomic`: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def read_prompts(path: str | Path) -> list[dict]:
     """Prompts from JSONL with `text` and optional `label` (a real set's metadata.jsonl works)."""
     prompts = []

@@ -27,10 +27,21 @@ def image_channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.
 def pool_channel_statistics(means: torch.Tensor, stds: torch.Tensor, pixels_per_image: int):
     """Batch statistics from per-image ones (B, C) of equal-sized images: the same numbers
     `channel_statistics` gives on the stacked images (unbiased std over all B*H*W pixels)."""
-    n, total = pixels_per_image, pixels_per_image * means.shape[0]
-    mean = means.float().mean(dim=0)
-    sum_squares = ((n - 1) * stds.float() ** 2 + n * means.float() ** 2).sum(dim=0)
-    variance = (sum_squares - total * mean ** 2) / (total - 1)
+    sums, sum_squares = channel_sums_from_statistics(means, stds, pixels_per_image)
+    return statistics_from_sums(sums.sum(dim=0), sum_squares.sum(dim=0), pixels_per_image * means.shape[0])
+
+
+def channel_sums_from_statistics(means: torch.Tensor, stds: torch.Tensor, pixels: int):
+    """The per-channel sum and sum of squares of `pixels` values with these means and (unbiased) stds."""
+    means, stds = means.float(), stds.float()
+    return pixels * means, (pixels - 1) * stds ** 2 + pixels * means ** 2
+
+
+def statistics_from_sums(sums: torch.Tensor, sum_squares: torch.Tensor, count: int):
+    """Per-channel mean and unbiased std of `count` values from their sum and sum of squares
+    (sums can be added across batches and processes; means and stds cannot)."""
+    mean = sums / count
+    variance = (sum_squares - count * mean ** 2) / (count - 1)
     return mean, variance.clamp_min(0).sqrt()
 
 
@@ -40,7 +51,12 @@ def color_distribution_loss_to_statistics(generated: torch.Tensor, real_mean: to
     of mean and std, summed over channels (the paper sums over R, G, B)."""
     if generated.shape[1] != real_mean.shape[0]:
         raise ValueError(f"channel counts differ: {generated.shape[1]} generated vs {real_mean.shape[0]} real")
-    gen_mean, gen_std = channel_statistics(generated)
+    return colour_statistics_distance(*channel_statistics(generated), real_mean, real_std)
+
+
+def colour_statistics_distance(gen_mean: torch.Tensor, gen_std: torch.Tensor, real_mean: torch.Tensor,
+                               real_std: torch.Tensor) -> torch.Tensor:
+    """Squared differences of per-channel mean and std, summed over channels (the paper's colour loss)."""
     return ((gen_mean - real_mean.to(gen_mean)) ** 2 + (gen_std - real_std.to(gen_std)) ** 2).sum()
 
 

@@ -5,9 +5,12 @@ the app's upload), into an imagefolder of PNGs with `source_file` and `slice` co
 captioning, review, training and evaluation never read DICOM or NIfTI themselves.
 
 Privacy by construction: only the pixels and the few attributes that say how to display them
-(`carried` in templates/deidentification/basic_profile.yaml) are read. Names, IDs, dates, UIDs,
-institutions and the input's own file name never reach the output: `source_file` is a hash of
-the file's bytes, PNG names derive from it, and the PNGs carry no text chunks. A JSON report lists
+(`carried` in templates/deidentification/basic_profile.yaml) are read, and two identifiers that
+are replaced by pseudonyms (medart_core/pseudonyms.py): PatientID becomes the `patient` column
+(a keyed hash; the key stays in the user's data folder) and SeriesInstanceUID the `source_file`
+shared by every file of a series. Names, IDs, dates, UIDs, institutions and the input's own file
+name never reach the output: without a series, `source_file` is a hash of the file's bytes; PNG
+names derive from the file's bytes, and the PNGs carry no text chunks. A JSON report lists
 per file the *names* of the identifying attributes left behind (never their values).
 
     summary = convert_to_imagefolder(["scans/"], "data/ct", options=ConvertOptions(window="lung"))
@@ -69,6 +72,7 @@ class ConvertOptions:
     slices: str = "middle"  # middle | all | every:N (multi-frame DICOM and 3-D NIfTI)
     axis: str = "axial"  # NIfTI only: axial | coronal | sagittal
     allow_burned_in: bool = False  # DICOM marked BurnedInAnnotation=YES has text in its pixels
+    patient_key: str | None = None  # the pseudonym key file (default: pseudonyms.default_key_path())
 
     def check(self) -> None:
         if self.window not in WINDOWS:
@@ -115,6 +119,9 @@ class Volume:
     monochrome1: bool = False  # DICOM MONOCHROME1: low values are bright
     file_window: tuple[float, float] | None = None  # DICOM WindowCenter/WindowWidth
     report: dict = field(default_factory=dict)
+    # Identifiers read only to be replaced by pseudonyms (convert_file); never written as they are.
+    patient_id: str | None = field(default=None, repr=False)
+    series_uid: str | None = field(default=None, repr=False)
 
 
 @contextlib.contextmanager
@@ -230,15 +237,17 @@ def read_dicom(path: Path, options: ConvertOptions) -> Volume:
             hounsfield = modality == "CT"
         window = (_first_number(dataset.get("WindowCenter")), _first_number(dataset.get("WindowWidth")))
         bits = int(dataset.get("BitsStored", 8) or 8)
+        patient_id, series_uid = (str(dataset.get(k, "") or "").strip() or None for k in ("PatientID", "SeriesInstanceUID"))
     if frames == 1:
         pixels = pixels[None]
     if colour:
         pixels = _colour_to_uint8(pixels, bits)
     indices = slice_indices(len(pixels), options.slices)
     report = {"format": "DICOM", "modality": modality, "removed_identifying_attributes": removed,
-              "removed_private_attributes": private, "removed_other_attributes": other}
+              "removed_private_attributes": private, "removed_other_attributes": other,
+              "pseudonymised_attributes": [k for k, v in (("PatientID", patient_id), ("SeriesInstanceUID", series_uid)) if v]}
     return Volume(pixels[indices], indices, modality, hounsfield, photometric == "MONOCHROME1",
-                  window if None not in window and window[1] > 0 else None, report)
+                  window if None not in window and window[1] > 0 else None, report, patient_id, series_uid)
 
 
 def _colour_to_uint8(pixels: np.ndarray, bits: int) -> np.ndarray:
@@ -362,6 +371,7 @@ def convert_file(path: str | Path, out_folder: str | Path, *, options: ConvertOp
         volume = read_dicom(path, options) if kind == "dicom" else read_nifti(path, options)
         pixels = window_to_uint8(volume, options.window)
         reference = file_reference(path, kind)
+        pseudonyms = _pseudonyms(volume, options, out_folder)
     except MedArtError as err:
         raise MedArtError(f"{shown}: {err}") from None
     out_folder.mkdir(parents=True, exist_ok=True)
@@ -371,9 +381,24 @@ def convert_file(path: str | Path, out_folder: str | Path, *, options: ConvertOp
         name = f"{reference}-{axis}{index:04d}.png"
         _save_png_atomic(frame, out_folder / name)
         rows.append({"file_name": name, "label": label, "source_file": reference, "slice": int(index),
-                     **(columns or {})})
-    report = {"source_file": reference, **volume.report, "window": options.window, "slices": list(map(int, volume.indices))}
+                     **pseudonyms, **(columns or {})})
+    report = {"source_file": reference, **pseudonyms, "file": reference, **volume.report, "window": options.window,
+              "slices": list(map(int, volume.indices))}
     return rows, report
+
+
+def _pseudonyms(volume: Volume, options: ConvertOptions, out_folder: Path) -> dict:
+    """The `source_file` of the file's DICOM series (one for all its files) and the `patient`
+    pseudonym, where the file has them; the key is made on first use, outside the dataset."""
+    from medart_core.pseudonyms import load_or_create_key, patient_pseudonym, series_reference
+
+    found = {}
+    if volume.series_uid:
+        found["source_file"] = series_reference(volume.series_uid)
+    if volume.patient_id:
+        found["patient"] = patient_pseudonym(volume.patient_id, load_or_create_key(options.patient_key,
+                                                                                   refuse_inside=out_folder))
+    return found
 
 
 def find_medical_files(inputs: list[str | Path], problems: list[str] | None = None) -> list[tuple[Path, Path]]:
@@ -478,11 +503,12 @@ def write_report(path: Path, entries: list[dict]) -> Path:
     if path.is_file():
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
-            existing = {e["source_file"]: e for e in document.get("files", [])}
+            existing = {e.get("file", e["source_file"]): e for e in document.get("files", [])}
         except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("%s was unreadable; writing it anew", path)
             document = {}
-    existing.update({e["source_file"]: e for e in entries})
+    # One entry per converted file: the files of one DICOM series share their source_file.
+    existing.update({e.get("file", e["source_file"]): e for e in entries})
     _write_json_atomic(path, {
         **document,  # e.g. the ordinary images' entries (medart_core.image_privacy)
         "profile": "DICOM PS3.15 Annex E basic application level confidentiality profile (attribute names only; "

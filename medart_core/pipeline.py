@@ -1,9 +1,12 @@
-"""Load PixArt-alpha (a hub id or a local `save_pretrained` folder) with its LoRA adapters.
+"""Load a base model (a hub id, a preset or a local `save_pretrained` folder) with its LoRA adapters.
+
+Which base it is (PixArt-alpha, PixArt-Sigma) comes from medart_core.bases; the pipeline is that
+base's stock diffusers class.
 
 Precision follows what works for PixArt: on a GPU the transformer and VAE in bf16 (fp16 where
 bf16 is unsupported) and the T5 text encoder in bf16 or fp32, never fp16 (T5 overflows in fp16
 and PixArt's outputs turn to noise); on CPU everything in fp32. Adapters are stock PEFT folders,
-attached in place, so the pipeline stays a plain `diffusers.PixArtAlphaPipeline`.
+attached in place, so the pipeline stays a plain diffusers pipeline (e.g. `PixArtAlphaPipeline`).
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from pathlib import Path
 
 import torch
 
+from medart_core.bases import Base, base_of_pipeline, detect_base
 from medart_core.errors import MedArtError
 from medart_core.sampling import TextConditioning
 from medart_core.text_limits import MAX_PROMPT_CHARS, bound_prompt
 
 logger = logging.getLogger(__name__)
 
-MAX_PROMPT_TOKENS = 120  # PixArt-alpha's T5 budget (the paper's limit)
 TRANSFORMER_ADAPTER = "transformer_lora"
 TEXT_ENCODER_ADAPTER = "text_encoder_lora"
 
@@ -135,13 +138,15 @@ def check_quantized_text_encoder_runs(pipe, quantization: str, device: torch.dev
 
 @dataclass(frozen=True)
 class AdapterPaths:
-    """PEFT adapter folders for the transformer and (optionally) the T5 text encoder."""
+    """PEFT adapter folders for the transformer and (optionally) the T5 text encoder, or one
+    single-file LoRA (medart_core.lora_file) holding either or both."""
 
     transformer: Path | None = None
     text_encoder: Path | None = None
+    single_file: Path | None = None
 
     def describe(self) -> str:
-        return ",".join(str(p) for p in (self.transformer, self.text_encoder) if p) or ""
+        return ",".join(str(p) for p in (self.transformer, self.text_encoder, self.single_file) if p) or ""
 
 
 def _is_peft_folder(path: Path) -> bool:
@@ -149,14 +154,17 @@ def _is_peft_folder(path: Path) -> bool:
 
 
 def find_adapters(lora: str | Path | None, text_encoder_lora: str | Path | None = None) -> AdapterPaths:
-    """Resolve `--lora` (one PEFT folder, or a training output with transformer_lora/ and
-    optionally text_encoder_lora/) and `--text-encoder-lora` into adapter folders."""
-    transformer = text_encoder = None
+    """Resolve `--lora` (one PEFT folder, a training output with transformer_lora/ and
+    optionally text_encoder_lora/, or a single-file LoRA .safetensors) and `--text-encoder-lora`
+    into adapter paths."""
+    transformer = text_encoder = single_file = None
     if lora is not None:
         path = Path(lora).expanduser()
-        if not path.is_dir():
+        if path.is_file() and path.suffix == ".safetensors":
+            single_file = path
+        elif not path.is_dir():
             raise MedArtError(f"LoRA folder {path} does not exist")
-        if _is_peft_folder(path):
+        elif _is_peft_folder(path):
             transformer = path
         elif _is_peft_folder(path / TRANSFORMER_ADAPTER):
             transformer = path / TRANSFORMER_ADAPTER
@@ -164,15 +172,15 @@ def find_adapters(lora: str | Path | None, text_encoder_lora: str | Path | None 
                 text_encoder = path / TEXT_ENCODER_ADAPTER
         else:
             raise MedArtError(
-                f"{path} is not a LoRA adapter: expected adapter_config.json in it (a PEFT folder) "
-                f"or a training output with {TRANSFORMER_ADAPTER}/adapter_config.json"
+                f"{path} is not a LoRA adapter: expected adapter_config.json in it (a PEFT folder), "
+                f"a training output with {TRANSFORMER_ADAPTER}/adapter_config.json, or a .safetensors LoRA file"
             )
     if text_encoder_lora is not None:
         path = Path(text_encoder_lora).expanduser()
         if not _is_peft_folder(path):
             raise MedArtError(f"{path} is not a PEFT adapter folder (no adapter_config.json)")
         text_encoder = path
-    return AdapterPaths(transformer, text_encoder)
+    return AdapterPaths(transformer, text_encoder, single_file)
 
 
 def attach_adapter(module: torch.nn.Module, folder: Path, *, trainable: bool = False) -> None:
@@ -189,11 +197,15 @@ def attach_adapter(module: torch.nn.Module, folder: Path, *, trainable: bool = F
 class LoadedModel:
     """A loaded pipeline and what generated images must record about it."""
 
-    pipe: "PixArtAlphaPipeline"  # noqa: F821 (diffusers is imported lazily)
+    pipe: "PixArtAlphaPipeline"  # noqa: F821 (diffusers is imported lazily; the base's pipeline class)
     model_id: str
     adapters: AdapterPaths
     precision: Precision
     prompts: "PromptEncoder"
+
+    @property
+    def base(self) -> Base:
+        return base_of_pipeline(self.pipe)
 
 
 def load_pipeline(
@@ -206,13 +218,14 @@ def load_pipeline(
     text_encoder_quantization: str = "none",
     embedding_cache: str | os.PathLike | None = None,
 ) -> LoadedModel:
-    """PixArt-alpha from a hub id or a local folder, with its adapters, in eval mode.
+    """A supported base (medart_core.bases) from a hub id, a preset or a local folder, with its
+    adapters, in eval mode, as the base's stock diffusers pipeline.
 
     text_encoder_quantization: "8bit" or "4bit" loads T5 through bitsandbytes (about 60% or 45%
         of T5-XXL's bf16 memory: its `wo` layers stay unquantised); "none" loads it as before.
     embedding_cache: a folder where prompt embeddings persist across runs (see PromptEncoder).
     """
-    from diffusers import PixArtAlphaPipeline
+    from medart_core.model_presets import PRESETS
 
     precision = precision or Precision.choose()
     check_text_encoder_dtype(precision.text_encoder_dtype)
@@ -222,13 +235,22 @@ def load_pipeline(
     looks_local = source.is_absolute() or str(model).startswith((".", "~")) or source.exists()
     if looks_local and not (source / "model_index.json").is_file():
         raise MedArtError(f"model folder {source} not found or not a diffusers pipeline (no model_index.json in it)")
+    base = detect_base(str(source) if looks_local else str(model))  # an unsupported pipeline fails here, in one line
     dtypes = {"text_encoder": precision.text_encoder_dtype, "default": precision.model_dtype}
     where = str(source) if looks_local else str(model)
     components = {}
-    if text_encoder_quantization != "none":
-        components["text_encoder"] = load_quantized_text_encoder(where, text_encoder_quantization, precision)
+    preset = None if looks_local else PRESETS.get(str(model))
     try:
-        pipe = PixArtAlphaPipeline.from_pretrained(where, dtype=dtypes, **components)
+        if preset is not None and preset.transformer_repo != preset.components_repo:
+            from diffusers import AutoModel
+
+            # a transformer-only repository: the other components come from the preset's components repository
+            components["transformer"] = AutoModel.from_pretrained(preset.transformer_repo, subfolder="transformer",
+                                                                  dtype=precision.model_dtype)
+            where = preset.components_repo
+        if text_encoder_quantization != "none":
+            components["text_encoder"] = load_quantized_text_encoder(where, text_encoder_quantization, precision)
+        pipe = base.pipeline_type().from_pretrained(where, dtype=dtypes, **components)
     except (OSError, ValueError) as err:
         raise MedArtError(
             f"cannot load model {str(model)!r}: it is neither a local diffusers folder nor a model "
@@ -238,6 +260,10 @@ def load_pipeline(
         attach_adapter(pipe.transformer, adapters.transformer)
     if adapters.text_encoder:
         attach_adapter(pipe.text_encoder, adapters.text_encoder)
+    if adapters.single_file:
+        from medart_core.lora_file import attach_lora_file
+
+        attach_lora_file(adapters.single_file, {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
     check_loaded_text_encoder(pipe.text_encoder)
     if text_encoder_quantization != "none":
         check_quantized_text_encoder_runs(pipe, text_encoder_quantization, precision.device)
@@ -249,23 +275,12 @@ def load_pipeline(
     if embedding_cache is not None:
         from medart_core.cache import EmbeddingStore, text_cache_key
 
-        key = text_cache_key(pipe, str(model), max_tokens=MAX_PROMPT_TOKENS, clean_caption=True,
-                             adapters=str(adapters.text_encoder or ""), quantization=text_encoder_quantization)
+        key = text_cache_key(pipe, str(model), max_tokens=base.max_prompt_tokens, clean_caption=True,
+                             adapters=str(adapters.text_encoder or adapters.single_file or ""),
+                             quantization=text_encoder_quantization)
         store = EmbeddingStore(embedding_cache, key)
     encoder = PromptEncoder(pipe, max_entries=prompt_cache_size, store=store)
     return LoadedModel(pipe, str(model), adapters, precision, encoder)
-
-
-def base_prompt_token_limit(pipe) -> int:
-    """The T5 tokens a base pipeline itself passes to its text encoder: the default of its
-    `max_sequence_length` (PixArt-alpha 120, PixArt-Sigma and Sana 300), so training on a base
-    with a longer limit does not cut captions at alpha's."""
-    import inspect
-
-    parameter = inspect.signature(type(pipe).__call__).parameters.get("max_sequence_length")
-    if parameter is None or not isinstance(parameter.default, int):
-        return MAX_PROMPT_TOKENS
-    return parameter.default
 
 
 def count_prompt_tokens(tokenizer, prompt: str) -> int:
@@ -283,11 +298,11 @@ class PromptEncoder:
     """
 
     def __init__(self, pipe, *, max_entries: int = 256, clean_caption: bool = True,
-                 max_tokens: int = MAX_PROMPT_TOKENS, store=None):
+                 max_tokens: int | None = None, store=None):
         self.pipe = pipe
         self.max_entries = max_entries
         self.clean_caption = clean_caption
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens or base_of_pipeline(pipe).max_prompt_tokens  # 120 alpha, 300 Sigma
         self.store = store
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.hits = self.misses = self.t5_calls = 0

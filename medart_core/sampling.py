@@ -1,7 +1,8 @@
-"""The DPM-Solver++ sampling loop for PixArt-alpha, shared by generation and HLDF training.
+"""The DPM-Solver++ sampling loop for PixArt (alpha and Sigma), shared by generation and HLDF training.
 
 One plain function over a transformer, a scheduler and starting noise (in the manner of
-k-diffusion's samplers). It follows `diffusers.PixArtAlphaPipeline.__call__` step for step, so
+k-diffusion's samplers). It follows `diffusers.PixArtAlphaPipeline.__call__` (and
+`PixArtSigmaPipeline.__call__`, the same loop without micro-conditions) step for step, so
 the same weights, seeds and settings give the same image, but it runs outside the pipeline's
 `torch.no_grad()`: with `requires_grad=True` a loss on the result back-propagates through every
 sampling step into LoRA adapters, which is what Hybrid-Level Diffusion Fine-tuning needs.
@@ -15,6 +16,8 @@ from typing import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from medart_core.bases import uses_micro_conditions
 
 
 @dataclass
@@ -36,8 +39,8 @@ class TextConditioning:
 
 
 def micro_conditions(transformer, batch: int, height: int, width: int, *, device, dtype) -> dict:
-    """PixArt's resolution/aspect-ratio conditions; only the 1024-px model (sample_size 128) uses them."""
-    if transformer.config.sample_size != 128:
+    """PixArt's resolution/aspect-ratio conditions, for a transformer that takes them (PixArt-alpha-1024)."""
+    if not uses_micro_conditions(transformer):
         return {"resolution": None, "aspect_ratio": None}
     resolution = torch.tensor([height, width]).repeat(batch, 1).to(device=device, dtype=dtype)
     aspect_ratio = torch.tensor([float(height / width)]).repeat(batch, 1).to(device=device, dtype=dtype)
@@ -61,6 +64,19 @@ def predict_noise(transformer, latents, timestep, text: TextConditioning, added_
     if transformer.config.out_channels // 2 == latents.shape[1]:
         output = output.chunk(2, dim=1)[0]
     return output
+
+
+def _predict_noise_blocks_not_checkpointed(transformer, *args):
+    """predict_noise with diffusers' block checkpointing off, in the forward pass and in its
+    recomputation alike (the whole call is checkpointed already)."""
+    checkpointed = [m for m in transformer.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for module in checkpointed:
+        module.gradient_checkpointing = False
+    try:
+        return predict_noise(transformer, *args)
+    finally:
+        for module in checkpointed:
+            module.gradient_checkpointing = True
 
 
 def fresh_scheduler(scheduler):
@@ -88,12 +104,13 @@ def dpm_solver_sample(
 
     text / negative: conditioning for each image of the batch; with `guidance_scale > 1` and a
         negative (the empty prompt for PixArt), both halves run in one transformer batch.
-    image_size: (height, width) in pixels, for the 1024-px model's micro-conditions.
+    image_size: (height, width) in pixels, for PixArt-alpha-1024's micro-conditions.
     requires_grad: keep autograd on, so a loss on the result reaches trainable weights.
     grad_last_k: with requires_grad, record gradients for the last k steps only; earlier steps
         run under no_grad (less memory, the paper's released code back-propagates through all).
     gradient_checkpointing: recompute each transformer call in the backward pass instead of
-        storing its activations.
+        storing its activations; the transformer's own block checkpointing is off inside such a
+        call, which would recompute every block a second time.
     callback: called as callback(step_index, timestep, latents) after every step.
     """
     if num_steps < 1:
@@ -108,8 +125,9 @@ def dpm_solver_sample(
     if len(text) != batch or (guided and len(negative) != batch):
         raise ValueError(f"{batch} starting latents but {len(text)} prompt embeddings")
     conditioning = TextConditioning.cat([negative, text]) if guided else text
-    if image_size is None and transformer.config.sample_size == 128:
-        raise ValueError("the 1024-px PixArt-alpha needs image_size=(height, width) for its micro-conditions")
+    if image_size is None and uses_micro_conditions(transformer):
+        raise ValueError("this transformer (e.g. PixArt-alpha-1024) needs image_size=(height, width) for its "
+                         "micro-conditions")
     height, width = image_size or (0, 0)
     added = micro_conditions(
         transformer, conditioning.embeds.shape[0], height, width, device=noise.device, dtype=noise.dtype
@@ -123,7 +141,8 @@ def dpm_solver_sample(
             model_input = torch.cat([latents, latents]) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             if with_grad and gradient_checkpointing:
-                eps = checkpoint(predict_noise, transformer, model_input, t, conditioning, added, use_reentrant=False)
+                eps = checkpoint(_predict_noise_blocks_not_checkpointed, transformer, model_input, t, conditioning,
+                                 added, use_reentrant=False)
             else:
                 eps = predict_noise(transformer, model_input, t, conditioning, added)
             if guided:

@@ -1,10 +1,11 @@
-"""Build PixArt-alpha-architecture pipelines from scratch, offline.
+"""Build PixArt-architecture pipelines (alpha or Sigma) from scratch, offline.
 
 No weights can be downloaded on the machines we test on, so tests, benchmarks and the demo model
 build the *real* diffusers/transformers classes (PixArtTransformer2DModel, AutoencoderKL,
 T5EncoderModel, T5Tokenizer, DPMSolverMultistepScheduler) at a chosen size, randomly initialised,
 with a T5 tokenizer trained here by sentencepiece. Every other code path then loads them exactly
-as it would load PixArt-alpha from the Hub.
+as it would load PixArt-alpha from the Hub. A PixArt-Sigma pipeline is the same component
+classes saved as `PixArtSigmaPipeline`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Iterable
 
 import torch
 
+from medart_core.bases import PIXART_ALPHA, Base
 # A small corpus in the language of the captions, enough for a tokenizer that splits them into
 # word pieces the way T5's does. Users' own captions can be added with `extra_text`.
 _CAPTION_CORPUS = """
@@ -89,14 +91,10 @@ def train_t5_tokenizer(vocab_size: int = 256, extra_text: Iterable[str] = ()):
     return tokenizer
 
 
-def build_pipeline(config: ScratchConfig = ScratchConfig(), *, seed: int = 0, tokenizer=None):
-    """A randomly initialised PixArtAlphaPipeline of the given size, in eval mode, fp32, on CPU."""
-    from diffusers import (
-        AutoencoderKL,
-        DPMSolverMultistepScheduler,
-        PixArtAlphaPipeline,
-        PixArtTransformer2DModel,
-    )
+def build_pipeline(config: ScratchConfig = ScratchConfig(), *, seed: int = 0, tokenizer=None, base: Base = PIXART_ALPHA):
+    """A randomly initialised pipeline of `base` (PixArt-alpha or PixArt-Sigma) of the given size,
+    in eval mode, fp32, on CPU."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     tokenizer = tokenizer or train_t5_tokenizer(config.vocab_size)
@@ -140,7 +138,7 @@ def build_pipeline(config: ScratchConfig = ScratchConfig(), *, seed: int = 0, to
         )
     )
     scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++")
-    pipe = PixArtAlphaPipeline(
+    pipe = base.pipeline_type()(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
     )
     for module in (transformer, vae, text_encoder):
@@ -149,7 +147,7 @@ def build_pipeline(config: ScratchConfig = ScratchConfig(), *, seed: int = 0, to
 
 
 def save_pipeline(pipe, folder: str | Path) -> Path:
-    """Write a diffusers `save_pretrained` folder that `PixArtAlphaPipeline.from_pretrained` reads."""
+    """Write a diffusers `save_pretrained` folder that the pipeline class's `from_pretrained` reads."""
     folder = Path(folder)
     pipe.save_pretrained(folder)
     return folder

@@ -1,7 +1,9 @@
 """Image-caption data for fine-tuning: an imagefolder (or a review-store export) as tensors.
 
-Random choices (flips, caption dropout) are not made here but in the training loop from a
-per-step generator, so a resumed run sees exactly the batches an uninterrupted one would.
+The sampler gives every item its sample seed (medart_core.training_draws: from the seed, the
+micro-step and the item's global position in the batch); the random crop is drawn from it here,
+flips, caption dropout and noise in the training loop, so a resumed run, or the same batch split
+over another number of processes, sees exactly the samples an uninterrupted single run would.
 
 `cache_latents` turns an ImageCaptionDataset into a CachedLatentDataset: items then carry the VAE
 latent distribution of the image and of its mirror image, and the image's colour statistics,
@@ -20,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from medart_core.cache import TensorShardStore, latent_cache_key, sha256_file
 from medart_core.data import load_rgb, scan_imagefolder, split_folders
 from medart_core.errors import MedArtError
+from medart_core.training_draws import CROP, sample_generator, sample_seed
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +54,10 @@ class ImageCaptionDataset(Dataset):
             raise MedArtError(f"{len(unreadable)} training images cannot be read; fix or remove them from the "
                               f"metadata first: " + "; ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else ""))
         self.resolution, self.center_crop = resolution, center_crop
-        crop = v2.CenterCrop(resolution) if center_crop else v2.RandomCrop(resolution)
+        resize = v2.Resize(resolution, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
         self.transform = v2.Compose([
-            v2.Resize(resolution, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-            crop,
+            resize,
+            *([v2.CenterCrop(resolution)] if center_crop else []),  # a random crop is drawn per sample
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize([0.5], [0.5]),
@@ -63,9 +66,23 @@ class ImageCaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        """`key`: an index, or (index, sample seed) as ResumableShuffleSampler yields them."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         record = self.records[index]
-        return {"pixels": self.transform(load_rgb(record.path)), "text": record.text.strip(), "index": index}
+        pixels = self.transform(load_rgb(record.path))
+        if not self.center_crop:
+            pixels = self.random_crop(pixels, seed)
+        item = {"pixels": pixels, "text": record.text.strip(), "index": index}
+        return item if seed is None else {**item, "sample_seed": seed}
+
+    def random_crop(self, pixels: torch.Tensor, seed: int | None) -> torch.Tensor:
+        """A square crop at a place drawn from the sample's seed (the global RNG without one)."""
+        generator = sample_generator(seed, CROP) if seed is not None else None
+        height, width = pixels.shape[-2:]
+        top = int(torch.randint(0, height - self.resolution + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - self.resolution + 1, (1,), generator=generator))
+        return pixels[..., top: top + self.resolution, left: left + self.resolution]
 
 
 LATENT_FIELDS = ("mean", "std", "flip_mean", "flip_std", "rgb_mean", "rgb_std")
@@ -82,16 +99,20 @@ class CachedLatentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        """`key`: an index, or (index, sample seed) as ResumableShuffleSampler yields them."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         found = self.store.get(self.hashes[index], LATENT_FIELDS)
-        return {"latent_mean": found["mean"], "latent_std": found["std"], "latent_flip_mean": found["flip_mean"],
+        item = {"latent_mean": found["mean"], "latent_std": found["std"], "latent_flip_mean": found["flip_mean"],
                 "latent_flip_std": found["flip_std"], "rgb_mean": found["rgb_mean"], "rgb_std": found["rgb_std"],
                 "text": self.records[index].text.strip(), "index": index}
+        return item if seed is None else {**item, "sample_seed": seed}
 
 
-def sample_cached_latents(batch: dict, flip: torch.Tensor, generator: torch.Generator, device):
-    """One draw from each image's cached latent Gaussian (the mirror image's where `flip`): the
-    same random numbers, in the same order, as `vae.encode(pixels).latent_dist.sample(generator)`."""
+def sample_cached_latents(batch: dict, flip: torch.Tensor, generator: list[torch.Generator], device):
+    """One draw from each image's cached latent Gaussian (the mirror image's where `flip`), one
+    generator per image: the same random numbers, in the same order, as
+    `vae.encode(pixels).latent_dist.sample(generator)`."""
     from diffusers.utils.torch_utils import randn_tensor
 
     flip = flip.to(device)[:, None, None, None]
@@ -135,19 +156,29 @@ def cache_latents(images: ImageCaptionDataset, vae, cache_dir: str | Path, model
     return CachedLatentDataset(images, store, hashes)
 
 
-class ResumableShuffleSampler(Sampler[int]):
-    """An endless stream of sample indices: a fresh permutation per epoch, seeded by (seed, epoch),
-    every `num_replicas`-th one for this process, starting after `start` indices (resume)."""
+class ResumableShuffleSampler(Sampler[tuple[int, int]]):
+    """An endless stream of (index, sample seed) keys for this process, starting after `start`.
 
-    def __init__(self, size: int, *, seed: int, rank: int = 0, num_replicas: int = 1, start: int = 0):
+    One global stream of indices (a fresh permutation per epoch, seeded by (seed, epoch)) is cut
+    into global batches of `batch_size * num_replicas`; process `rank` takes every
+    `num_replicas`-th index, so global batch m holds the same images, each with the same seed
+    (from m and its position in the global batch), however many processes share it."""
+
+    def __init__(self, size: int, *, seed: int, rank: int = 0, num_replicas: int = 1, start: int = 0,
+                 batch_size: int = 1):
         if size < num_replicas:
             raise MedArtError(f"{size} training images cannot be shared among {num_replicas} processes")
         self.size, self.seed, self.rank, self.num_replicas, self.start = size, seed, rank, num_replicas, start
+        self.global_batch = batch_size * num_replicas
 
-    def _indices(self):
+    def _global_stream(self):
         for epoch in itertools.count():
             permutation = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
-            yield from permutation[self.rank :: self.num_replicas].tolist()
+            yield from permutation.tolist()
 
     def __iter__(self):
-        return itertools.islice(self._indices(), self.start, None)
+        first = self.start * self.num_replicas + self.rank
+        for position, index in zip(itertools.count(first, self.num_replicas),
+                                   itertools.islice(self._global_stream(), first, None, self.num_replicas)):
+            micro_step, place = divmod(position, self.global_batch)
+            yield index, sample_seed(self.seed, micro_step, place)

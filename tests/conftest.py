@@ -1,4 +1,4 @@
-"""Fixtures: a tiny randomly-initialised PixArt-alpha pipeline of the real classes, built offline."""
+"""Fixtures: tiny randomly-initialised PixArt-alpha and PixArt-Sigma pipelines of the real classes, built offline."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ from medart_core.lora import TRANSFORMER_TARGETS, add_lora, lora_config  # noqa:
 from medart_core.pipeline import Precision, load_pipeline  # noqa: E402
 from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline  # noqa: E402
 
+@pytest.fixture(autouse=True, scope="session")
+def patient_key_in_a_temp_folder(tmp_path_factory):
+    """DICOM conversions in tests make their patient-pseudonym key in a temp folder, never in the
+    user's data folder (subprocesses inherit it)."""
+    os.environ.setdefault("MEDART_PATIENT_KEY", str(tmp_path_factory.mktemp("patient-key") / "patient-key"))
+
+
 TINY = ScratchConfig()  # 32x32 images, 16x16x4 latents, 2 transformer layers, 2-layer T5
 
 
@@ -22,6 +29,14 @@ TINY = ScratchConfig()  # 32x32 images, 16x16x4 latents, 2 transformer layers, 2
 def tiny_pipeline_dir(tmp_path_factory):
     """A diffusers save_pretrained folder of a tiny PixArt-alpha (transformer, VAE, T5, tokenizer, DPM-Solver++)."""
     return save_pipeline(build_pipeline(TINY, seed=0), tmp_path_factory.mktemp("tiny") / "pixart")
+
+
+@pytest.fixture(scope="session")
+def tiny_sigma_dir(tmp_path_factory):
+    """The same tiny components saved as a PixArtSigmaPipeline (T5 limit 300 tokens, no micro-conditions)."""
+    from medart_core.bases import PIXART_SIGMA
+
+    return save_pipeline(build_pipeline(TINY, seed=1, base=PIXART_SIGMA), tmp_path_factory.mktemp("tiny") / "sigma")
 
 
 @pytest.fixture

@@ -63,14 +63,15 @@ def test_cached_and_uncached_steps_give_the_same_losses(tiny_pipeline_dir, data_
     for micro_step in range(4):
         models.prompts = cached_prompts
         calls_before = cached_prompts.t5_calls
-        generator = train_module.step_generator(0, micro_step, 0)
-        flips_seen.update((torch.rand(4, generator=train_module.step_generator(0, micro_step, 0)) < 0.5).tolist())
+        generator = train_module.step_generators(0, micro_step, 4)
+        flips_seen.update(torch.rand(1, generator=g).item() < 0.5
+                          for g in train_module.step_generators(0, micro_step, 4))
         cached_loss, cached_colour = train_module.noise_prediction_step(models, cached_batch, config, generator,
                                                                         noise_scheduler, accelerator)
         assert cached_prompts.t5_calls == calls_before  # every caption came from the cache
         models.prompts = train_module.PromptEncoder(models.pipe)
         plain_loss, plain_colour = train_module.noise_prediction_step(
-            models, plain_batch, config, train_module.step_generator(0, micro_step, 0), noise_scheduler, accelerator)
+            models, plain_batch, config, train_module.step_generators(0, micro_step, 4), noise_scheduler, accelerator)
         assert cached_loss.item() == pytest.approx(plain_loss.item(), rel=1e-4)
         for got, expected in zip(cached_colour, plain_colour):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

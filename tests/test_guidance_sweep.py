@@ -24,5 +24,18 @@ def test_sweep_scores_every_scale_and_names_the_best(tiny_pipeline_dir, tiny_tra
         assert set(result["per_class"]) == {"fundus", "histology"}
         assert result["balanced_accuracy"] == sum(result["per_class"].values()) / 2
         assert result["colour_distance"] > 0
-    assert results["best"] in (1.0, 3.0)
-    assert "(best)" in (out / "results.md").read_text()
+    best = guidance_sweep.best_result(results["results"])["guidance"]
+    assert results["best"] == best
+    marked = [line for line in (out / "results.md").read_text().splitlines() if "(best)" in line]
+    assert len(marked) == 1 and marked[0].startswith(f"| {best:g} (best) |")
+
+
+def test_best_scale_is_the_most_accurate_then_the_truest_colour():
+    def result(guidance, accuracy, colour):
+        return {"guidance": guidance, "balanced_accuracy": accuracy, "colour_distance": colour}
+
+    best = guidance_sweep.best_result
+    assert best([result(1.5, 0.60, 0.01), result(3.0, 0.95, 0.30)])["guidance"] == 3.0  # accuracy first
+    assert best([result(1.5, 0.95, 0.10), result(3.0, 0.95, 0.30)])["guidance"] == 1.5  # then colour
+    # accuracies equal to 3 decimals are a tie: sampling noise does not pick the scale
+    assert best([result(2.0, 0.9704, 0.20), result(4.5, 0.9701, 0.05)])["guidance"] == 4.5

@@ -194,7 +194,7 @@ def test_no_patient_identifier_reaches_dataset_store_export_or_logs(tmp_path, ca
                  "--slices", "all", "--convert-to", str(tmp_path / "dataset")]) == 0
     dataset = tmp_path / "dataset"
     rows = [json.loads(line) for line in (dataset / "metadata.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 + 1 + 15 + 2 and all(r["text"] and r["source_file"] for r in rows)
+    assert len(rows) == 1 + 1 + 15 + 2 and all(r["text"] and r["source_file"] and r["patient"] for r in rows)
     report = json.loads((dataset / REPORT_FILE).read_text())
     assert all({"PatientName", "PatientID"} <= set(f["removed_identifying_attributes"]) for f in report["files"])
     # 2. the review store and its export; 3. the app's upload path with the same files
@@ -218,3 +218,47 @@ def test_no_patient_identifier_reaches_dataset_store_export_or_logs(tmp_path, ca
     haystacks["file names"] = "\n".join(map(str, written)).encode()
     leaks = [(where, secret) for where, blob in haystacks.items() for secret in secrets if secret.encode() in blob]
     assert not leaks
+
+
+def test_a_dicom_series_gets_one_source_file_and_a_keyed_patient_pseudonym(tmp_path, monkeypatch, caplog, capsys):
+    import hashlib
+    import hmac
+
+    caplog.set_level(logging.DEBUG)
+    key_file = tmp_path / "home" / "patient-key"
+    monkeypatch.setenv("MEDART_PATIENT_KEY", str(key_file))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    series = {"A": "1.2.826.0.1.3680043.8.498.1111", "B": "1.2.826.0.1.3680043.8.498.2222"}
+    for number, (series_name, patient) in enumerate([("A", "PID-12345"), ("A", "PID-12345"), ("A", "PID-12345"),
+                                                     ("B", "PID-67890")]):
+        path = write_ct(scans / f"Doe_Jane_{number}.dcm", np.full((8, 8), 1000 + 40 * number))
+        ds = pydicom.dcmread(path)
+        ds.PatientID, ds.SeriesInstanceUID, ds.InstanceNumber = patient, series[series_name], number
+        ds.save_as(path, enforce_file_format=True)
+    assert main(["convert", "--input", str(scans), "--out", str(tmp_path / "data"), "--label", "ct"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "data" / "metadata.jsonl").read_text().splitlines()]
+    assert len({r["file_name"] for r in rows}) == 4  # one PNG per file, as before
+    from collections import Counter
+
+    assert sorted(Counter(r["source_file"] for r in rows).values()) == [1, 3]  # one per series, not per file
+    key = bytes.fromhex(key_file.read_text().strip())
+    assert len(key) == 32 and oct(key_file.stat().st_mode)[-3:] == "600"
+    expected = {p: "patient-" + hmac.new(key, p.encode(), hashlib.sha256).hexdigest()[:16] for p in ("PID-12345", "PID-67890")}
+    assert sorted(r["patient"] for r in rows) == sorted([expected["PID-12345"]] * 3 + [expected["PID-67890"]])
+    series_of = {r["patient"]: r["source_file"] for r in rows}
+    assert series_of[expected["PID-12345"]] == "dicom-series-" + hashlib.sha256(series["A"].encode()).hexdigest()[:16]
+    report = json.loads((tmp_path / "data" / REPORT_FILE).read_text())
+    assert len(report["files"]) == 4 and all("PatientID" in f["pseudonymised_attributes"] for f in report["files"])
+    # The same key gives the same pseudonyms on the next conversion; the identifiers reach nothing.
+    assert main(["convert", "--input", str(scans), "--out", str(tmp_path / "again"), "--label", "ct"]) == 0
+    again = [json.loads(line) for line in (tmp_path / "again" / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["patient"] for r in again) == sorted(r["patient"] for r in rows)
+    written = [p for folder in (tmp_path / "data", tmp_path / "again") for p in folder.rglob("*") if p.is_file()]
+    blobs = [p.read_bytes() for p in written] + [str(p).encode() for p in written]
+    blobs.append((caplog.text + "".join(capsys.readouterr())).encode())
+    for secret in ("PID-12345", "PID-67890", "Doe", *series.values(), key.hex()):
+        assert not [b for b in blobs if secret.encode() in b], secret
+    # The key never goes into the dataset.
+    assert main(["convert", "--input", str(scans), "--out", str(tmp_path / "home"), "--label", "ct"]) == 2
+    assert "inside the dataset folder" in capsys.readouterr().err

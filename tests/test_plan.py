@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import finetune.train as train_module
 from finetune.config import load_config
-from finetune.plan import GIB, memory_plan
+from finetune.plan import memory_plan
 from medart_core.errors import MedArtError
 from medart_core.pipeline import Precision
 
@@ -52,7 +53,6 @@ def test_plan_numbers_are_sane_for_pixart_xl(no_weight_loading):
     assert plan.rows["optimizer"] < plan.rows["adapters"]  # 8-bit AdamW
     assert plan.rows["text_encoder"] == 0  # cached embeddings: T5 leaves the GPU for the loop
     assert plan.rows["caching"] > 2 * plan.parameters["text_encoder"] * 0.99
-    assert 1 * GIB < plan.rows["activations"] < 40 * GIB
     assert plan.rows["activations_other"] < plan.rows["activations"] / 4  # gradient checkpointing
     assert plan.peak_hldf > plan.peak_plain > plan.rows["transformer"]
 
@@ -65,6 +65,39 @@ def test_plan_numbers_are_sane_for_pixart_xl(no_weight_loading):
     assert big.rows["activations"] > 3.5 * plan.rows["activations"]  # 4x the tokens
     no_hldf = memory_plan(xl_config("--hldf_every", "0"), device="cuda")
     assert no_hldf.rows["hldf"] == 0 and no_hldf.peak == max(no_hldf.peak_plain, no_hldf.rows["caching"])
+
+
+def test_per_block_activation_estimate_matches_what_autograd_keeps_for_pixart_xl_blocks():
+    """The plan's bytes per transformer block against the tensors autograd saves for backward in a
+    real forward pass of PixArt-XL-2's blocks (frozen, with LoRA, as in training; weights not
+    counted), measured as the difference between a 2-block and a 1-block model, at 128 px."""
+    from diffusers import PixArtTransformer2DModel
+
+    from finetune.plan import PRESETS, transformer_activations
+    from medart_core.lora import TRANSFORMER_TARGETS, add_lora, lora_config
+    from medart_core.pipeline import MAX_PROMPT_TOKENS
+
+    def saved_and_estimated(layers: int) -> tuple[int, int]:
+        config = {**PRESETS["PixArt-alpha/PixArt-XL-2-512x512"]["transformer"], "sample_size": 16, "num_layers": layers}
+        transformer = PixArtTransformer2DModel.from_config(config).requires_grad_(False)
+        add_lora(transformer, lora_config(TRANSFORMER_TARGETS, rank=4))
+        weights = {p.untyped_storage().data_ptr() for p in transformer.parameters()}
+        saved = {}
+
+        def keep(tensor):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            transformer(torch.randn(1, 4, 16, 16), encoder_hidden_states=torch.randn(1, MAX_PROMPT_TOKENS, 4096),
+                        encoder_attention_mask=torch.ones(1, MAX_PROMPT_TOKENS), timestep=torch.tensor([500]),
+                        added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+        return sum(saved.values()), transformer_activations(transformer, 1, 128, 8, 4, checkpointing=False)
+
+    (saved_1, estimate_1), (saved_2, estimate_2) = saved_and_estimated(1), saved_and_estimated(2)
+    assert 0.9 < (estimate_2 - estimate_1) / (saved_2 - saved_1) < 1.25  # measured here: 1.10
 
 
 def test_plan_counts_of_a_local_folder_match_the_loaded_model(tiny_pipeline_dir):

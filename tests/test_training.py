@@ -14,6 +14,8 @@ from finetune.config import load_config
 from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images
 from medart_core.pipeline import Precision, load_pipeline
+from medart_core.synthetic import is_marked_synthetic, read_png_text
+from medart_core.training_data import ImageCaptionDataset
 
 
 def train_args(model_dir, data_dir, out, *extra):
@@ -38,16 +40,20 @@ def test_hldf_training_changes_lora_and_adapters_change_generation(tiny_pipeline
     out = tmp_path / "run"
     assert train_module.main(train_args(tiny_pipeline_dir, tiny_train_data, out, "--max_train_steps", "4")) == 0
 
-    weights = adapter_weights(out / "transformer_lora")
-    lora_b = [w for name, w in weights.items() if "lora_B" in name]
-    assert lora_b and any(w.abs().max() > 0 for w in lora_b)  # B starts at zero: training moved it
+    # that the colour term reaches the LoRA weights: tests/test_training_steps.py (a moved lora_B shows nothing,
+    # the noise loss alone moves it)
     rows = log_rows(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [("loss/color" in r) for r in rows] == [False, True, False, True]  # HLDF every 2 steps
     assert all(np.isfinite(r["loss/color"]) and r["loss/color"] > 0 for r in rows if "loss/color" in r)
     card = (out / "README.md").read_text()
     assert "Not for clinical use" in card and str(tiny_pipeline_dir) in card
-    assert sorted(p.name for p in (out / "validation" / "step-4").glob("*.png")) == ["00.png", "01.png"]
+    validation = sorted((out / "validation" / "step-4").glob("*.png"))
+    assert [p.name for p in validation] == ["00.png", "01.png"]
+    for path in validation:  # marked like every other generated image, with its prompt and seed
+        assert is_marked_synthetic(path) and read_png_text(path)["seed"] in ("0", "1")
+        captions = {r.text.strip() for r in ImageCaptionDataset(tiny_train_data, 32).records}
+        assert read_png_text(path)["prompt"] in captions
     assert list((out / "logs").rglob("events.out.tfevents*"))
 
     cpu = Precision.choose("cpu")
@@ -59,12 +65,14 @@ def test_hldf_training_changes_lora_and_adapters_change_generation(tiny_pipeline
     assert np.abs(tuned[0] - base[0]).max() > 1e-3
 
 
-def test_resume_latest_matches_an_uninterrupted_run(tiny_pipeline_dir, tiny_train_data, tmp_path):
+@pytest.mark.parametrize("draws", [[], ["--center_crop", "false", "--lora_dropout", "0.1"]],
+                         ids=["center-crop", "random-crop-and-lora-dropout"])
+def test_resume_latest_matches_an_uninterrupted_run(tiny_pipeline_dir, tiny_train_data, tmp_path, draws):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train_module.main(train_args(tiny_pipeline_dir, tiny_train_data, straight, "--max_train_steps", "6")) == 0
-    assert train_module.main(train_args(tiny_pipeline_dir, tiny_train_data, resumed, "--max_train_steps", "3")) == 0
-    assert train_module.main(train_args(tiny_pipeline_dir, tiny_train_data, resumed, "--max_train_steps", "6",
-                                        "--resume", "latest")) == 0
+    args = lambda out, *extra: train_args(tiny_pipeline_dir, tiny_train_data, out, *draws, *extra)  # noqa: E731
+    assert train_module.main(args(straight, "--max_train_steps", "6")) == 0
+    assert train_module.main(args(resumed, "--max_train_steps", "3")) == 0
+    assert train_module.main(args(resumed, "--max_train_steps", "6", "--resume", "latest")) == 0
 
     assert [r["step"] for r in log_rows(resumed)] == [1, 2, 3, 4, 5, 6]
     assert [p.name for p in train_module.list_checkpoints(resumed)] == ["checkpoint-3", "checkpoint-6"]
@@ -153,11 +161,47 @@ def test_missing_captions_are_refused_with_a_clear_message(tiny_pipeline_dir, tm
 
 
 @pytest.mark.slow
-def test_two_process_training_with_accelerate(tiny_pipeline_dir, tiny_train_data, tmp_path, launch_two_cpu_processes):
-    out = tmp_path / "run"
-    result = launch_two_cpu_processes(["finetune/train.py", *train_args(tiny_pipeline_dir, tiny_train_data, out,
-                                                                        "--max_train_steps", "2")])
+@pytest.mark.parametrize("hldf_every", [0, 1], ids=["noise-loss", "with-hldf"])
+def test_two_processes_train_what_one_process_with_the_whole_batch_trains(
+        tiny_pipeline_dir, tiny_train_data, tmp_path, launch_two_cpu_processes, hldf_every):
+    """2 processes x batch 2 and 1 process x batch 4 see the same images with the same draws (crops,
+    flips, caption dropout, noise, timesteps, LoRA dropout, HLDF noise) and the same colour loss,
+    so they train the same weights, up to the rounding of the all-reduce. HLDF runs with the
+    `batch` colour pairing, whose statistics are pooled over processes (`per_image` is a mean over
+    images, averaged over processes like the noise loss)."""
+    steps = "3" if hldf_every == 0 else "2"
+    common = ["--max_train_steps", steps, "--hldf_every", str(hldf_every), "--center_crop", "false",
+              "--lora_dropout", "0.1", "--caption_dropout", "0.3", "--hldf_color_pairing", "batch", "--hldf_steps", "2"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = launch_two_cpu_processes(["finetune/train.py", *train_args(tiny_pipeline_dir, tiny_train_data, two,
+                                                                        *common, "--train_batch_size", "2")])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| processes | 2 |" in (out / "README.md").read_text()
-    assert [r["step"] for r in log_rows(out)] == [1, 2]
-    assert (out / "transformer_lora" / "adapter_model.safetensors").is_file()
+    assert train_module.main(train_args(tiny_pipeline_dir, tiny_train_data, one, *common,
+                                        "--train_batch_size", "4")) == 0
+
+    assert "| processes | 2 |" in (two / "README.md").read_text()
+    expected, got = adapter_weights(one / "transformer_lora"), adapter_weights(two / "transformer_lora")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6)
+    for a, b in zip(log_rows(one), log_rows(two), strict=True):  # logged losses are the whole batch's
+        assert b["loss/mse"] == pytest.approx(a["loss/mse"], rel=1e-4)
+        assert b.get("loss/color", 0) == pytest.approx(a.get("loss/color", 0), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_process_skips_the_step_on_every_process(
+        tiny_pipeline_dir, tiny_train_data, tmp_path, launch_two_cpu_processes, monkeypatch):
+    """Process 1's loss is NaN at step 2 only. The checkpoints (saved by process 0, after a check that
+    both processes hold the same weights) show step 2 left the weights as they were."""
+    monkeypatch.setenv("MEDART_TEST_NONFINITE_LOSS", "1:2")
+    out = tmp_path / "run"
+    result = launch_two_cpu_processes(["finetune/train.py", *train_args(
+        tiny_pipeline_dir, tiny_train_data, out, "--max_train_steps", "3", "--hldf_every", "0",
+        "--checkpointing_steps", "1", "--checkpoints_total_limit", "5")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    step = {p.name: adapter_weights(p / "transformer_lora") for p in train_module.list_checkpoints(out)}
+    for name in step["checkpoint-1"]:
+        assert torch.equal(step["checkpoint-2"][name], step["checkpoint-1"][name])
+    assert any(not torch.equal(step["checkpoint-3"][n], step["checkpoint-2"][n]) for n in step["checkpoint-2"])
+    assert [r["skipped_steps"] for r in log_rows(out)] == [0, 1, 1]

@@ -56,6 +56,11 @@ def balanced_accuracy(conditional: dict) -> float:
     return sum(per_class) / len(per_class)
 
 
+def best_result(results: list[dict]) -> dict:
+    """The highest balanced accuracy (to 3 decimals, so noise does not decide); then the smaller colour distance."""
+    return max(results, key=lambda r: (round(r["balanced_accuracy"], 3), -r["colour_distance"]))
+
+
 def score(generated: Path, train_colour: dict, classifier) -> dict:
     """Conditional accuracy (per class and balanced) and colour distance of one generated set."""
     fake = load_set("synthetic", generated, ("train",))
@@ -86,7 +91,7 @@ def main(argv=None) -> None:
         if medart(command) != 0:
             raise SystemExit(f"failed: python -m medart_core {' '.join(command)}")
         results.append({"guidance": scale, **score(generated, train_colour, classifier)})
-    best = max(results, key=lambda r: (round(r["balanced_accuracy"], 3), -r["colour_distance"]))
+    best = best_result(results)
     (out / "results.json").write_text(json.dumps({"settings": vars(args), "results": results, "best": best["guidance"]},
                                                  indent=1))
     labels = list(results[0]["per_class"])

@@ -27,10 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="if the VLM cannot be loaded (e.g. offline, no weights), use the fallback captioner instead "
                              "of stopping (default: stop with the reason)")
     parser.add_argument("--tokenizer", default=None,
-                        help="T5 tokenizer that counts the prompt budget: hub id, tokenizer folder or PixArt pipeline folder "
-                             "(default: a generous estimate, ~1.6 tokens per word)")
-    parser.add_argument("--max-tokens", type=int, default=MAX_T5_TOKENS,
-                        help=f"T5 token budget of a description (default: {MAX_T5_TOKENS}, PixArt-alpha's)")
+                        help="T5 tokenizer that counts the prompt budget: hub id, tokenizer folder, pipeline folder or "
+                             "model preset (default: a generous estimate, ~1.6 tokens per word)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="T5 token budget of a description (default: the limit of the base --tokenizer's pipeline "
+                             f"belongs to, 120 for PixArt-alpha and 300 for PixArt-Sigma; else {MAX_T5_TOKENS}, "
+                             "PixArt-alpha's, the paper's)")
     parser.add_argument("--max-retries", type=int, default=2,
                         help="regenerations of a description that breaks a rule, before it is repaired (default: 2)")
     parser.add_argument("--generation-preset", choices=list(GENERATION_PRESETS), default=DEFAULT_GENERATION_PRESET,
@@ -69,12 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     import logging
 
-    from medart_core.caption_validation import load_token_counter
+    from medart_core.caption_validation import default_token_budget, load_token_counter
     from medart_core.captioning import FALLBACK, caption_dataset, generation_preset, load_vlm, plan_jobs
     from medart_core.errors import MedArtError
     from medart_core.fallback_captioner import FallbackCaptioner
     from medart_core.generation import process_state
 
+    if args.max_tokens is None:
+        args.max_tokens = default_token_budget(args.tokenizer)
     for name in ("batch_size", "max_new_tokens", "max_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise MedArtError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

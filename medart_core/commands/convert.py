@@ -9,7 +9,7 @@ HELP = ("convert DICOM and NIfTI files into de-identified 8-bit PNG slices (imag
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
-    """--window, --slices, --axis, --allow-burned-in: shared with the caption command."""
+    """--window, --slices, --axis, --allow-burned-in, --patient-key: shared with the caption command."""
     from medart_core.medical_io import PERCENTILES, WINDOW_PRESETS, WINDOWS
 
     presets = ", ".join(f"{name} (level {level:g}, width {width:g} HU)" for name, (level, width) in WINDOW_PRESETS.items())
@@ -24,12 +24,17 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-burned-in", action="store_true",
                         help="convert DICOM marked BurnedInAnnotation=YES (text in the pixels may identify the patient) "
                              "(default: refuse)")
+    parser.add_argument("--patient-key", default=None, metavar="FILE",
+                        help="secret key of the `patient` column, a keyed hash (HMAC-SHA256) of each DICOM PatientID; "
+                             "made on first use; share the file within a team so pseudonyms agree, and never put it "
+                             "in the dataset (default: MEDART_PATIENT_KEY, else patient-key in the user data folder)")
 
 
 def conversion_options(args: argparse.Namespace):
     from medart_core.medical_io import ConvertOptions
 
-    options = ConvertOptions(window=args.window, slices=args.slices, axis=args.axis, allow_burned_in=args.allow_burned_in)
+    options = ConvertOptions(window=args.window, slices=args.slices, axis=args.axis, allow_burned_in=args.allow_burned_in,
+                             patient_key=args.patient_key)
     options.check()
     return options
 
@@ -39,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DICOM (.dcm, .dicom) and NIfTI (.nii, .nii.gz) files, or folders searched recursively")
     parser.add_argument("--out", required=True,
                         help="output imagefolder: PNG slices named by a hash of the input file, metadata.jsonl "
-                             "(file_name, label, source_file, slice), deidentification-report.json; running again "
+                             "(file_name, label, source_file: one per DICOM series, slice, patient: a pseudonym), "
+                             "deidentification-report.json; running again "
                              "updates it and keeps descriptions added since")
     parser.add_argument("--label", default=None,
                         help="class label of every image (default: the file's first sub-folder under an input folder, "

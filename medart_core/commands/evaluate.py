@@ -105,6 +105,8 @@ def _summary(report: dict, out: str) -> str:
         parts.append(f"conditional accuracy {report['conditional']['accuracy']:.3f}")
     if "memorization" in report:
         parts.append(f"{report['memorization']['n_flagged']} near-copies")
+    if (report.get("leakage") or {}).get("leaks"):
+        parts.insert(0, "LEAKAGE between the held-out and training sets (see the report's first section)")
     if "diversity" in report and report["diversity"]["ratio"] is not None:
         parts.append(f"MS-SSIM ratio {report['diversity']['ratio']:.3g}")
     if "prdc" in report and "recall" in report["prdc"]:

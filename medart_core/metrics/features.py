@@ -77,6 +77,25 @@ def pixel_features(size: int = 32):
     return PixelFeatures().eval()
 
 
+def mirrored(module):
+    """The same extractor on each image flipped left-right: the training loop's `random_flip`
+    shows the model these mirrors, so a memorisation search must look at them too."""
+    import torch
+
+    class Mirrored(torch.nn.Module):
+        num_features = getattr(module, "num_features", None)
+        description = f"{getattr(module, 'description', 'features')}, of the left-right mirror"
+
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, images):
+            return self.inner(images.flip(-1))
+
+    return Mirrored().eval()
+
+
 def extract(image_set: ImageSet, extractors: dict, batch_size: int = 32, progress: bool = True,
             visit=None) -> dict[str, np.ndarray]:
     """Run every extractor over the set in one reading pass; float64 arrays by extractor name.

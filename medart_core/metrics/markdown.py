@@ -119,6 +119,10 @@ def render(report: dict) -> str:
             lines.append(f"- **{role}**: `{info['path']}`{split}, {info['n']} images, classes {info['classes'] or 'none'}")
     lines.append(f"- feature space: {report['settings'].get('feature_space') or 'n/a'}")
     lines.append("")
+    if report.get("leakage"):
+        lines += ["## Leakage between the held-out and training sets", ""]
+        lines += [line if line.startswith(("-", " ")) else f"**{line}**" for line in report["leakage"]["summary"]]
+        lines.append("")
     lines += _headline(report)
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
@@ -201,13 +205,15 @@ def render(report: dict) -> str:
         ref = (mem.get("held_out_reference") or {}).get("pixel_similarity", {})
         lines += ["## Memorisation audit", "",
                   f"{mem['n_flagged']} of {mem['n_generated']} generated images are near-copies of a training image "
-                  f"({mem['space']} >= {mem['threshold']}).",
+                  f"({mem['space']} >= {mem['threshold']})"
+                  + (f", {mem.get('n_flagged_mirrored', 0)} of them of a training image's mirror." if mem.get("mirrors") else "."),
                   f"Nearest-training pixel correlation of generated images: median {_num(mem['pixel_similarity'].get('p50'))}, "
                   f"max {_num(mem['pixel_similarity'].get('max'))}; of held-out real images: median {_num(ref.get('p50'))}, "
                   f"max {_num(ref.get('max'))}.", ""]
         if mem.get("flagged"):
             lines += ["| generated | training image | pixel correlation |", "|---|---|---|"]
-            lines += [f"| `{f['fake_path']}` | `{f['train_path']}` | {_num(f['pixel_similarity'])} |" for f in mem["flagged"][:50]]
+            lines += [f"| `{f['fake_path']}` | `{f['train_path']}`{' (mirrored)' if f.get('mirrored') else ''} "
+                      f"| {_num(f['pixel_similarity'])} |" for f in mem["flagged"][:50]]
             lines.append("")
 
     if "diversity" in report:

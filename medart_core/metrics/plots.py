@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import ImageOps
 
 from medart_core.metrics.color import CHANNELS
 
@@ -70,13 +71,17 @@ def contact_sheet(rows: list[dict], load, path: Path, thumb: float = 1.6) -> Pat
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), 3, figsize=(3 * thumb + 1, len(rows) * thumb + 0.4), squeeze=False)
     for r, row in enumerate(rows):
-        cells = [("generated" + (f" [{row['label']}]" if row.get("label") else ""), row["fake_path"]),
+        cells = [("generated" + (f" [{row['label']}]" if row.get("label") else ""), row["fake_path"], False),
                  (f"pixel r={row['pixel_similarity']:.3f}" + (f" ssim={row['ssim']:.2f}" if "ssim" in row else ""),
-                  row["train_pixel_path"]),
-                 (f"feature cos={row['feature_similarity']:.3f}", row["train_feature_path"])]
-        for c, (title, image_path) in enumerate(cells):
+                  row["train_pixel_path"], row.get("train_pixel_mirrored", False)),
+                 (f"feature cos={row['feature_similarity']:.3f}", row["train_feature_path"],
+                  row.get("train_feature_mirrored", False))]
+        for c, (title, image_path, mirror) in enumerate(cells):
             ax = axes[r][c]
-            ax.imshow(load(image_path))
+            image = load(image_path)
+            # A match with a training image's mirror is shown mirrored, as it was matched.
+            ax.imshow(ImageOps.mirror(image) if mirror else image)
+            title += " (mirrored)" if mirror else ""
             ax.set_title(title, fontsize=7, color="red" if row["flagged"] and c < 2 else "black")
             ax.axis("off")
     fig.suptitle("closest generated / training pairs (red: flagged near-copy)", fontsize=9)
@@ -121,6 +126,51 @@ def class_samples(rows: list[dict], load, path: Path, thumb: float = 1.1) -> Pat
         axes[r][0].text(-0.1, 0.5, row["label"], transform=axes[r][0].transAxes, fontsize=7, ha="right",
                         va="center")
     fig.suptitle("held-out real (left) and generated (right, marked with the classifier's call)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def image_rows(rows: list[list[dict]], load, path: Path, title: str, thumb: float = 1.6) -> Path:
+    """A grid of images, one list of cells per row; a cell is {"path", "title", "red", "mirrored"}
+    (mirrored: shown flipped left-right, as it was matched)."""
+    plt = _pyplot()
+    columns = max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * thumb + 1, len(rows) * thumb + 0.4), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                cell = row[c]
+                image = load(cell["path"])
+                ax.imshow(ImageOps.mirror(image) if cell.get("mirrored") else image)
+                ax.set_title(cell["title"] + (" (mirrored)" if cell.get("mirrored") else ""), fontsize=7,
+                             color="red" if cell.get("red") else "black")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def privacy_histograms(series: dict[str, dict[str, np.ndarray]], thresholds: dict[str, float], path: Path) -> Path:
+    """Per space (pixel, feature), histograms of the named similarity series (e.g. each prompt's
+    closest own and other training image, held-out real images' nearest) and the threshold."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.4), squeeze=False)
+    for ax, (space, named) in zip(axes[0], series.items()):
+        values = [v for v in named.values() if len(v)]
+        low = min(-0.05, min(float(np.min(v)) for v in values)) if values else 0.0
+        bins = np.linspace(low, 1.0, 41)
+        for name, v in named.items():
+            if len(v):
+                ax.hist(v, bins=bins, alpha=0.5, density=True, label=f"{name} (n={len(v)})")
+        ax.axvline(thresholds[space], color="red", linestyle="--", label=f"threshold {thresholds[space]:.4g}")
+        ax.set_title(f"nearest training image: {space} similarity")
+        ax.set_xlabel("similarity")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

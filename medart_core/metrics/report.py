@@ -82,6 +82,7 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
     wanted = set(config.metrics)
     report: dict = {"inputs": {"real": real_set.describe(), "synthetic": fake_set.describe(),
                                "training": train_set.describe() if train_set else None},
+                    "leakage": _leakage_section(real_set, train_set, config),
                     "settings": _settings(config), "warnings": [], "skipped": {}, "timings_s": {}, "plots": {}}
     out.mkdir(parents=True, exist_ok=True)
 
@@ -168,9 +169,13 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
         if feature_module is not None and (role != "training" or "memorization" in wanted):
             extractors["features"] = feature_module
         if "memorization" in wanted:
-            from medart_core.metrics.features import pixel_features
+            from medart_core.metrics.features import mirrored, pixel_features
 
             extractors["pixels"] = pixel_features()
+            if role == "training":  # training flips images: their mirrors are copies too
+                extractors["pixels_mirrored"] = mirrored(extractors["pixels"])
+                if "features" in extractors:
+                    extractors["features_mirrored"] = mirrored(extractors["features"])
         if "conditional" in wanted and role != "training" and classifier is not None:
             extractors["logits"] = classifier.logits_module()
         if efficientnet_module is not None and role != "training":
@@ -216,8 +221,22 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None, out: 
     for section in ("fid", "kid", "dfd"):
         for note in (report.get(section) or {}).get("warnings", []):
             report["warnings"].append(f"{section}: {note}")
-    _write(report, out)
+    # Evaluation files name no absolute path of this machine (the report travels).
+    folders = [real_set.root, fake_set.root, train_set.root if train_set else None, out,
+               classifier.folder if classifier is not None else None, config.inception_weights]
+    _write(report, out, folders)
     return report
+
+
+def _leakage_section(real_set: ImageSet, train_set: ImageSet | None, config: EvaluationConfig) -> dict | None:
+    """`check-splits` on the held-out and training sets: a held-out image (or its volume or
+    patient) that is also trained on makes every number below optimistic, so it comes first."""
+    from medart_core.metrics.leakage import check_leakage, summary_lines
+
+    if train_set is None:
+        return None
+    result = check_leakage([train_set, real_set], config.copy_threshold, config.batch_size, config.progress)
+    return {**result, "summary": summary_lines(result)}
 
 
 def _extract(image_set: ImageSet, extractors: dict, config: EvaluationConfig, visit) -> dict:
@@ -395,7 +414,8 @@ def _memorization_section(ctx) -> None:
     config, report, feats = ctx["config"], ctx["report"], ctx["features"]
     result = audit(feats["synthetic"]["pixels"], feats["training"]["pixels"], feats["synthetic"]["features"],
                    feats["training"]["features"], ctx["fake"].labels, config.copy_threshold,
-                   feats["real"].get("pixels"), feats["real"].get("features"))
+                   feats["real"].get("pixels"), feats["real"].get("features"),
+                   feats["training"].get("pixels_mirrored"), feats["training"].get("features_mirrored"))
     fake_records, train_records = ctx["fake"].records, ctx["train"].records
     sheet = []
     for pair in result["pairs"][:config.sheet_pairs]:
@@ -403,13 +423,15 @@ def _memorization_section(ctx) -> None:
         row = {**pair, "label": fake_record.label, "fake_path": str(fake_record.path),
                "train_pixel_path": str(train_records[pair["train_pixel"]].path),
                "train_feature_path": str(train_records[pair["train_feature"]].path)}
-        row["ssim"] = _ssim(row["fake_path"], row["train_pixel_path"])
+        row["ssim"] = _ssim(row["fake_path"], row["train_pixel_path"], mirror=row["train_pixel_mirrored"])
         sheet.append(row)
-    result["closest_pairs"] = [{k: row[k] for k in ("fake_path", "train_pixel_path", "train_feature_path", "label",
+    result["closest_pairs"] = [{k: row[k] for k in ("fake_path", "train_pixel_path", "train_pixel_mirrored",
+                                                   "train_feature_path", "train_feature_mirrored", "label",
                                                    "pixel_similarity", "ssim", "feature_similarity", "flagged")}
                                for row in sheet]
     result["flagged"] = [{"fake_path": str(fake_records[p["fake"]].path),
                           "train_path": str(train_records[p["train_pixel"]].path),
+                          "mirrored": p["train_pixel_mirrored"],
                           "pixel_similarity": p["pixel_similarity"]} for p in result["pairs"] if p["flagged"]]
     if sheet:
         report["plots"]["nearest_neighbours"] = plots.contact_sheet(sheet, load_rgb, ctx["out"] / "nearest_neighbours.png").name
@@ -420,14 +442,17 @@ def _memorization_section(ctx) -> None:
     report["memorization"] = result
 
 
-def _ssim(path_a: str, path_b: str, size: int = 64) -> float:
-    """Structural similarity of two images at size x size (torchmetrics), a perceptual check of a pair."""
+def _ssim(path_a: str, path_b: str, size: int = 64, mirror: bool = False) -> float:
+    """Structural similarity of two images at size x size (torchmetrics), a perceptual check of a
+    pair; `mirror` flips the second image left-right (a match with a training image's mirror)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     from medart_core.data import load_rgb
     from medart_core.metrics.sets import resize_uint8, to_uint8_tensor
 
     a, b = (resize_uint8(to_uint8_tensor(load_rgb(p))[None], size) / 255.0 for p in (path_a, path_b))
+    if mirror:
+        b = b.flip(-1)
     return float(structural_similarity_index_measure(a.double(), b.double(), data_range=1.0))
 
 
@@ -446,11 +471,12 @@ def _plain(value):
     return value
 
 
-def _write(report: dict, out: Path) -> None:
+def _write(report: dict, out: Path, folders=()) -> None:
     from medart_core.metrics.html import render_html
     from medart_core.metrics.markdown import render
+    from medart_core.metrics.paths import scrub_paths
 
-    plain = _plain(report)
+    plain = scrub_paths(_plain(report), folders)
     report.clear()
     report.update(plain)
     (out / "report.json").write_text(json.dumps(plain, indent=2, ensure_ascii=False) + "\n")

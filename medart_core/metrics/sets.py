@@ -47,6 +47,11 @@ class ImageSet:
     def subset(self, indices, name: str | None = None) -> "ImageSet":
         return ImageSet(name or self.name, self.root, self.split, [self.records[i] for i in indices])
 
+    def relative_path(self, index: int) -> str:
+        """Image `index`'s path relative to the set's folder (its split folder included)."""
+        record = self.records[index]
+        return f"{record.split}/{record.file_name}" if record.split else record.file_name
+
     def describe(self) -> dict:
         return {"path": str(self.root), "split": self.split, "n": len(self), "classes": self.class_counts()}
 

@@ -1,0 +1,114 @@
+"""The base models Med-Art fine-tunes, one entry each, and which one a model folder or hub id is.
+
+Everything that differs between bases lives in its `Base` entry: the diffusers pipeline class,
+the text encoder and its token limit, the VAE, the prediction type and who used it. The sampler,
+the trainer, generation, captioning's token budget and the memory plan ask `detect_base` (or
+`base_of_pipeline`) instead of branching on the base themselves; a new base is one more entry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from medart_core.errors import MedArtError
+
+
+@dataclass(frozen=True)
+class Base:
+    """What the code needs to know about one family of checkpoints."""
+
+    name: str
+    pipeline_class: str  # diffusers class, as model_index.json's _class_name names it
+    text_encoder: str  # which text encoder, for people
+    max_prompt_tokens: int  # the text encoder's token limit, as the stock pipeline encodes prompts
+    vae: str  # which VAE, for people
+    prediction_type: str  # what the transformer predicts
+    learned_sigma: bool  # the transformer outputs (prediction, variance) halves
+    used_by_paper: bool  # Guo et al. 2025 fine-tuned this base
+
+    def pipeline_type(self):
+        """The diffusers pipeline class (imported only when asked for)."""
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class)
+
+
+PIXART_ALPHA = Base(
+    name="PixArt-alpha",
+    pipeline_class="PixArtAlphaPipeline",
+    text_encoder="T5 v1.1 XXL",
+    max_prompt_tokens=120,
+    vae="SD VAE (KL-f8, 4 channels, scaling 0.18215)",
+    prediction_type="epsilon",
+    learned_sigma=True,
+    used_by_paper=True,
+)
+PIXART_SIGMA = Base(
+    name="PixArt-Sigma",
+    pipeline_class="PixArtSigmaPipeline",
+    text_encoder="T5 v1.1 XXL",
+    max_prompt_tokens=300,
+    vae="SDXL VAE (KL-f8, 4 channels, scaling 0.13025)",
+    prediction_type="epsilon",
+    learned_sigma=True,
+    used_by_paper=False,
+)
+
+BASES: dict[str, Base] = {base.pipeline_class: base for base in (PIXART_ALPHA, PIXART_SIGMA)}
+
+
+def supported() -> str:
+    return ", ".join(f"{b.pipeline_class} ({b.name})" for b in BASES.values())
+
+
+def base_for_class(class_name: str | None, where: str) -> Base:
+    """The entry for a pipeline class name, or one line naming what is supported."""
+    if class_name not in BASES:
+        raise MedArtError(f"{where} is a {class_name or 'pipeline of unknown class'}, which Med-Art does not support; "
+                          f"supported: {supported()}")
+    return BASES[class_name]
+
+
+def read_model_index(model: str) -> dict | None:
+    """model_index.json of a local folder, or of a hub id already in the local Hugging Face cache
+    (or reachable online); None when there is none to read."""
+    folder = Path(model).expanduser()
+    if (folder / "model_index.json").is_file():
+        return json.loads((folder / "model_index.json").read_text())
+    if folder.exists() or str(model).startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(str(model), "model_index.json")).read_text())
+    except Exception:  # offline, no such repository, a transformer-only repository: the caller says what is missing
+        return None
+
+
+def detect_base(model: str) -> Base:
+    """The base of a local diffusers folder or hub id, from model_index.json's `_class_name`
+    (a preset names its own base: the PixArt-Sigma transformer repositories have no model_index.json)."""
+    from medart_core.model_presets import PRESETS
+
+    if str(model) in PRESETS:
+        return PRESETS[str(model)].base
+    index = read_model_index(str(model))
+    if index is None:
+        raise MedArtError(f"cannot tell which model {str(model)!r} is: no model_index.json in a local folder of that "
+                          f"name, in the Hugging Face cache or on the Hub; use a diffusers folder or a preset "
+                          f"({', '.join(PRESETS)})")
+    return base_for_class(index.get("_class_name"), str(model))
+
+
+def base_of_pipeline(pipe) -> Base:
+    """The entry for a loaded pipeline object."""
+    return base_for_class(type(pipe).__name__, f"the loaded pipeline {type(pipe).__name__}")
+
+
+def uses_micro_conditions(transformer) -> bool:
+    """PixArt's resolution / aspect-ratio conditions, as the transformer itself decides
+    (`use_additional_conditions`; diffusers sets it from sample_size only when the config leaves it
+    unset): PixArt-alpha-1024 takes them, PixArt-Sigma-1024 (also sample size 128) does not."""
+    return bool(getattr(transformer, "use_additional_conditions", False))
