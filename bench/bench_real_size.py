@@ -68,14 +68,14 @@ def build_folder(folder: str, settings: dict, device: str, queue) -> None:
                            PixArtTransformer2DModel)
     from transformers import T5Config, T5EncoderModel
 
-    from finetune.plan import PRESETS
+    from medart_core.model_presets import PRESETS
     from medart_core.pipeline import parse_dtype
     from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline, train_t5_tokenizer
 
     if settings["tiny"]:
         save_pipeline(build_pipeline(ScratchConfig(), seed=0), folder)
     else:
-        configs = PRESETS[settings["preset"]]
+        configs = PRESETS[settings["preset"]].configs
         tokenizer = train_t5_tokenizer()
         t5 = {k: v for k, v in configs["text_encoder"].items() if not k.startswith("_")}
         if settings["text_encoder"] == "small":  # T5-XXL's width (the caption projection's input), one layer
@@ -225,10 +225,10 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
 
     meter.reset()
     start = time.perf_counter()
-    generator = T.step_generator(config.seed, 0, 0)
-    loss, real_colour = T.noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator)
+    generators = T.step_generators(config.seed, 0, len(batch["text"]))
+    loss, real_colour = T.noise_prediction_step(models, batch, config, generators, noise_scheduler, accelerator)
     if kind == "hldf":
-        colour = T.hldf_colour_step(models, real_colour, batch["text"], config, generator, accelerator)
+        colour = T.hldf_colour_step(models, real_colour, batch["text"], config, generators, accelerator)
         loss = loss + config.colour_weight * colour
     accelerator.backward(loss)
     optimizer.step()
@@ -348,7 +348,8 @@ def measure_quantised_t5(options: dict, quantization: str, queue) -> None:
 
     from finetune.plan import empty_models, read_component_configs, t5_weight_bytes
     from medart_core.errors import MedArtError
-    from medart_core.pipeline import MAX_PROMPT_TOKENS, Precision, load_quantized_text_encoder
+    from medart_core.bases import PIXART_ALPHA
+    from medart_core.pipeline import Precision, load_quantized_text_encoder
 
     precision = Precision.choose(options["device"], options["dtype"])
     meter = Meter(precision.device)
@@ -363,7 +364,7 @@ def measure_quantised_t5(options: dict, quantization: str, queue) -> None:
 
             text_encoder = load_quantized_text_encoder(options["model_dir"], quantization, precision)
         weights = meter.now() - before
-        ids = torch.randint(3, text_encoder.config.vocab_size, (4, MAX_PROMPT_TOKENS),
+        ids = torch.randint(3, text_encoder.config.vocab_size, (4, PIXART_ALPHA.max_prompt_tokens),
                             generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             text_encoder(ids.to(precision.device))  # warm-up
@@ -375,7 +376,7 @@ def measure_quantised_t5(options: dict, quantization: str, queue) -> None:
     except (ImportError, MedArtError, RuntimeError) as err:
         queue.put({"quantization": quantization, "skipped": f"{type(err).__name__}: {err}".splitlines()[0]})
         return
-    t5 = empty_models(read_component_configs(options["model_dir"]))[2]
+    t5 = empty_models(read_component_configs(options["model_dir"])[1])[2]
     planned = t5_weight_bytes(t5, quantization, torch.finfo(precision.text_encoder_dtype).bits // 8)
     queue.put({"quantization": quantization, "weights_mb": weights / MB, "planned_mb": planned / MB,
                "encode_4x120_ms": seconds * 1e3})
@@ -487,7 +488,10 @@ def hldf_resolution(options: dict, wanted: int, floor: int) -> tuple[int, str]:
 
 
 def parse_args(argv=None):
-    from finetune.plan import PRESETS
+    from medart_core.bases import PIXART_ALPHA
+    from medart_core.model_presets import PRESETS
+
+    alpha_presets = [name for name, preset in PRESETS.items() if preset.base == PIXART_ALPHA]
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--which", default="plain", choices=[*PARTS, "all"],
@@ -499,7 +503,7 @@ def parse_args(argv=None):
     parser.add_argument("--text-encoder", choices=["small", "xxl"], default=None,
                         help="small: T5-XXL's width with 1 layer; xxl: T5-XXL's real config "
                              "(default: small on cpu, xxl on cuda)")
-    parser.add_argument("--preset", choices=list(PRESETS), default="PixArt-alpha/PixArt-XL-2-512x512",
+    parser.add_argument("--preset", choices=alpha_presets, default="PixArt-alpha/PixArt-XL-2-512x512",
                         help="whose real configs to build (default: PixArt-alpha/PixArt-XL-2-512x512)")
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default: 512; 32 with --tiny)")
     parser.add_argument("--hldf-resolution", type=int, default=None,

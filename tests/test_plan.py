@@ -125,9 +125,11 @@ def test_checkpointed_hldf_plans_the_decode_and_one_sampling_call_apart_not_toge
     from finetune.plan import empty_models, read_component_configs, transformer_activations, vae_decoder_activations
 
     config = xl_config("--hldf_checkpointing", "true", "--vae_gradient_checkpointing", "true")
-    transformer, vae, _ = empty_models(read_component_configs(config.model))
+    base, configs = read_component_configs(config.model)
+    transformer, vae, _ = empty_models(configs)
     one_call = transformer_activations(transformer, 2 * config.train_batch_size, config.resolution, 8, 2,
-                                       checkpointing=False)
+                                       checkpointing=False,
+                                       prompt_tokens=config.max_prompt_tokens or base.max_prompt_tokens)
     decode = vae_decoder_activations(vae, config.train_batch_size, config.resolution, 2, checkpointing=True)
     assert memory_plan(config, device="cuda").rows["hldf"] == max(one_call, decode)
     kept = memory_plan(xl_config("--hldf_checkpointing", "false", "--vae_gradient_checkpointing", "true"), device="cuda")
