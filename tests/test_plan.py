@@ -120,3 +120,21 @@ def test_plan_counts_of_a_local_folder_match_the_loaded_model(tiny_pipeline_dir)
 def test_plan_of_an_unknown_hub_id_says_what_to_do():
     with pytest.raises(MedArtError, match="no memory-plan preset"):
         memory_plan(load_config(["--model", "someone/other-model", "--data", "d"]))
+
+
+def test_checkpointed_hldf_plans_the_decode_and_one_sampling_call_apart_not_together(no_weight_loading):
+    """Measured at real size (bench/bench_real_size.py): with checkpointed sampling calls the
+    decoder's activations are gone before a call is recomputed, so the HLDF row is the larger of
+    the two; summing them over-planned PixArt-XL's HLDF step by 19%."""
+    from finetune.plan import empty_models, read_component_configs, transformer_activations, vae_decoder_activations
+
+    config = xl_config("--hldf_checkpointing", "true", "--vae_gradient_checkpointing", "true")
+    base, configs = read_component_configs(config.model)
+    transformer, vae, _ = empty_models(configs)
+    one_call = transformer_activations(transformer, 2 * config.train_batch_size, config.resolution, 8, 2,
+                                       checkpointing=False,
+                                       prompt_tokens=config.max_prompt_tokens or base.max_prompt_tokens)
+    decode = vae_decoder_activations(vae, config.train_batch_size, config.resolution, 2, checkpointing=True)
+    assert memory_plan(config, device="cuda").rows["hldf"] == max(one_call, decode)
+    kept = memory_plan(xl_config("--hldf_checkpointing", "false", "--vae_gradient_checkpointing", "true"), device="cuda")
+    assert kept.rows["hldf"] == config.hldf_steps * one_call + decode  # every call's activations are stored
