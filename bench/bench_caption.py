@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per description (default: 32)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each mode (default: 3)")
     parser.add_argument("--quick", action="store_true", help="the test-size VLM, 8 images, 1 round: a smoke run")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     args = parser.parse_args()
     config = QUICK_VLM if args.quick else BENCH_VLM
     if args.quick:
@@ -47,7 +48,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         save_tiny_llava(folder, config)
-        captioner = load_vlm(folder, device="cpu", max_new_tokens=args.new_tokens)
+        captioner = load_vlm(folder, device=args.device, max_new_tokens=args.new_tokens)
     captioner.model.generation_config.min_new_tokens = args.new_tokens  # same decoding work in both modes
     template = load_template("endoscopy")
     generator = torch.Generator().manual_seed(0)

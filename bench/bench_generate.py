@@ -22,7 +22,7 @@ import torch
 
 from medart_core.generation import GenerationSettings, generate_images
 from medart_core.pipeline import Precision, PromptEncoder, load_pipeline
-from medart_core.sampling import TextConditioning, micro_conditions, predict_noise
+from medart_core.sampling import TextConditioning, decode_latents, micro_conditions, predict_noise
 from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline
 
 BENCH_MODEL = ScratchConfig(image_size=64, transformer_layers=8, attention_heads=8, attention_head_dim=32,
@@ -32,11 +32,12 @@ PROMPTS = ["An axial brain MRI slice, T1-weighted, at the level of the ventricle
            "An immunohistochemistry tile with brown staining on a blue background"]
 
 
-def median_seconds(fns: dict, repeats: int) -> dict[str, float]:
+def median_seconds(fns: dict, repeats: int, *, warmup: bool = True) -> dict[str, float]:
     """Median wall time of each function, run in interleaved rounds so that load from other
-    processes on the machine hits every row alike."""
-    for fn in fns.values():
-        fn()  # warm-up
+    processes on the machine hits every row alike (warm-up off: for models so large on a CPU
+    that one round is all there is time for, and first-call costs are swamped)."""
+    for fn in fns.values() if warmup else ():
+        fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -44,6 +45,46 @@ def median_seconds(fns: dict, repeats: int) -> dict[str, float]:
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def generation_paths(model, prompts: list[str], seeds: list[int], settings: GenerationSettings) -> dict:
+    """The three ways to make the same images, as callables (each waits for the GPU to finish):
+    "stock" diffusers' pipeline, "medart" generate_images, and "floor", the transformer forwards
+    alone (steps x one CFG batch, inputs prepared beforehand); and "decode", one VAE decode of
+    the batch, the part of a request the floor leaves out."""
+    pipe, precision = model.pipe, model.precision
+    size = settings.height
+    sync = torch.cuda.synchronize if precision.device.type == "cuda" else (lambda: None)
+
+    def stock():
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        pipe(prompts, generator=generators, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+             height=size, width=size, use_resolution_binning=False, output_type="pil", clean_caption=True)
+        sync()
+
+    def medart():
+        generate_images(model, prompts, seeds, settings)
+        sync()
+
+    conditioning = TextConditioning.cat([model.prompts([""] * len(prompts)), model.prompts(prompts)])
+    conditioning = conditioning.to(precision.device, pipe.transformer.dtype)
+    latent = torch.randn(2 * len(prompts), pipe.transformer.config.in_channels, size // pipe.vae_scale_factor,
+                         size // pipe.vae_scale_factor, device=precision.device, dtype=pipe.transformer.dtype)
+    added = micro_conditions(pipe.transformer, latent.shape[0], size, size, device=precision.device, dtype=latent.dtype)
+    timesteps = torch.linspace(999, 0, settings.steps, device=precision.device).long()
+
+    def floor():
+        with torch.no_grad():
+            for t in timesteps:
+                predict_noise(pipe.transformer, latent, t, conditioning, added)
+        sync()
+
+    def decode():
+        with torch.no_grad():
+            decode_latents(pipe.vae, latent[: len(prompts)])
+        sync()
+
+    return {"stock": stock, "medart": medart, "floor": floor, "decode": decode}
 
 
 def main() -> None:
@@ -68,29 +109,8 @@ def main() -> None:
     seeds = list(range(len(PROMPTS)))
     settings = GenerationSettings(steps=args.steps, guidance=4.5, height=size, width=size)
     sync = torch.cuda.synchronize if precision.device.type == "cuda" else (lambda: None)
-
-    def stock():
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        pipe(PROMPTS, generator=generators, num_inference_steps=args.steps, guidance_scale=4.5, height=size,
-             width=size, use_resolution_binning=False, output_type="pil", clean_caption=True)
-        sync()
-
-    def medart():
-        generate_images(model, PROMPTS, seeds, settings)
-        sync()
-
-    # the floor: the transformer forwards of one image batch with CFG, inputs prepared beforehand
-    conditioning = TextConditioning.cat([model.prompts([""] * len(PROMPTS)), model.prompts(PROMPTS)])
-    conditioning = conditioning.to(precision.device, pipe.transformer.dtype)
-    latent = torch.randn(2 * len(PROMPTS), 4, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor,
-                         device=precision.device, dtype=pipe.transformer.dtype)
-    added = micro_conditions(pipe.transformer, latent.shape[0], size, size, device=precision.device, dtype=latent.dtype)
-    timesteps = torch.linspace(999, 0, args.steps, device=precision.device).long()
-
-    def floor():
-        for t in timesteps:
-            predict_noise(pipe.transformer, latent, t, conditioning, added)
-        sync()
+    paths = generation_paths(model, PROMPTS, seeds, settings)
+    stock, medart, floor = paths["stock"], paths["medart"], paths["floor"]
 
     cached = PromptEncoder(pipe, max_entries=256)
     uncached = PromptEncoder(pipe, max_entries=0)

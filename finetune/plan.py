@@ -250,7 +250,10 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
         sampling = one_call if config.hldf_checkpointing else grad_steps * one_call
         decode = vae_decoder_activations(vae, batch, resolution, model_bytes,
                                          checkpointing=config.vae_gradient_checkpointing)
-        rows["hldf"] = sampling + decode
+        # The backward runs through the decoder first. With each sampling call checkpointed, the
+        # decoder's activations are freed before the first call is recomputed, so the two never
+        # coexist; without, every call's activations wait through the decoder's backward.
+        rows["hldf"] = max(sampling, decode) if config.hldf_checkpointing else sampling + decode
         notes["hldf"] = (f"{config.hldf_steps}-step sample with CFG, gradients through {grad_steps} steps "
                          f"({'one call recomputed at a time' if config.hldf_checkpointing else 'all kept'}), "
                          f"VAE decode {decode / GIB:.2f} GiB")

@@ -17,6 +17,7 @@ COMMANDS = {
     "convert": "medart_core.commands.convert",
     "check-splits": "medart_core.commands.check_splits",
     "privacy": "medart_core.commands.privacy",
+    "accounts": "medart_core.commands.accounts",
 }
 
 

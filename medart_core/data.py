@@ -73,16 +73,17 @@ def _not_utf8(path: Path, err: UnicodeDecodeError) -> str:
             "UTF-8 (e.g. a spreadsheet's \"CSV UTF-8\" format) and try again")
 
 
-def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> Path:
-    """Write JSON lines to a temp file in the same folder and rename it over `path`: readers see
-    the old file or the new one, never half of one."""
+def write_text_atomic(path: str | Path, text: str, *, mode: int | None = None) -> Path:
+    """Write to a temp file in the same folder and rename it over `path`: readers see the old
+    file or the new one, never half of one. `mode` (e.g. 0o600) is set before any byte is written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -92,20 +93,14 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> Path:
     return path
 
 
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> Path:
+    """JSON lines written atomically (see write_text_atomic)."""
+    return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def write_json_atomic(path: str | Path, data) -> Path:
-    """One JSON document, written like `write_jsonl_atomic`: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """One JSON document, written atomically (see write_text_atomic): never half a file."""
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_prompts(path: str | Path) -> list[dict]:

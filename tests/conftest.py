@@ -121,6 +121,21 @@ def launch_two_cpu_processes():
     return accelerate_launch
 
 
+# --- App tests: a team's accounts file, one account per role ------------------------------------
+
+TEAM = {"alice": ("admin", "wonderland"), "bob": ("reviewer", "builder"), "carol": ("reader", "carrots")}
+
+
+@pytest.fixture(scope="session")
+def team_accounts(tmp_path_factory):
+    """An accounts file (USER:ROLE:HASH, argon2id) with an admin, a reviewer and a reader."""
+    from medart_core.accounts import Account, hash_password, write_accounts_file
+
+    path = tmp_path_factory.mktemp("accounts") / "accounts.txt"
+    write_accounts_file(path, [Account(user, role, hash_password(password)) for user, (role, password) in TEAM.items()])
+    return path
+
+
 # --- Review store and app tests (issue 5): prerequisites that are not Python packages ----------
 
 POSTGRES_BIN = "/usr/lib/postgresql/15/bin"

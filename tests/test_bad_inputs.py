@@ -323,7 +323,7 @@ def test_uploaded_zips_cannot_escape_or_explode(tmp_path):
 def test_app_callbacks_show_no_stack_trace(caplog):
     import gradio as gr
 
-    import app
+    from medart_ui.shared import INTERNAL_ERROR, guard
 
     def broken():
         raise KeyError("/secret/path/review.sqlite")
@@ -332,18 +332,20 @@ def test_app_callbacks_show_no_stack_trace(caplog):
         raise MedArtError("choose an image first")
 
     with pytest.raises(gr.Error) as caught:
-        app.guard(broken)()
-    assert str(caught.value.message) == app.INTERNAL_ERROR and "secret" not in str(caught.value.message)
+        guard(broken)()
+    assert str(caught.value.message) == INTERNAL_ERROR and "secret" not in str(caught.value.message)
     assert "Traceback" in caplog.text and "/secret/path" in caplog.text  # the details go to the server log only
     with pytest.raises(gr.Error, match="choose an image first"):
-        app.guard(refused)()
+        guard(refused)()
 
 
 def test_app_bounds_uploads_and_a_public_app_says_anyone_can_edit(corpus, tmp_path, monkeypatch):
     import app
     from medart_core.store.uploads import MAX_UPLOAD_BYTES
+    from medart_ui.context import PUBLIC_NOTICE
+    from medart_ui.options import sign_in
 
-    for name in ("MEDART_AUTH", "MEDART_AUTH_FILE", "MEDART_NO_AUTH"):
+    for name in ("MEDART_AUTH", "MEDART_AUTH_FILE", "MEDART_ACCOUNTS", "MEDART_NO_AUTH"):
         monkeypatch.delenv(name, raising=False)
     root, _ = corpus
     data = tmp_path / "data"
@@ -351,7 +353,7 @@ def test_app_bounds_uploads_and_a_public_app_says_anyone_can_edit(corpus, tmp_pa
     args = app.parse_args(["--data", str(data), "--home", str(tmp_path / "home"), "--host", "0.0.0.0", "--no-auth"])
     opened = app.open_app(args)
     try:
-        assert app.PUBLIC_NOTICE in opened.warnings
+        assert PUBLIC_NOTICE in opened.warnings
         assert any("skipped" in w and "outside the data folder" in w for w in opened.warnings)
         assert [e.key for e in opened.store.entries()] == ["good.png"]
         options = app.launch_options(opened, args)
@@ -359,7 +361,7 @@ def test_app_bounds_uploads_and_a_public_app_says_anyone_can_edit(corpus, tmp_pa
     finally:
         opened.store.close()
     with pytest.raises(MedArtError, match="--no-auth"):  # non-loopback without accounts is still refused
-        app.read_accounts(app.parse_args(["--host", "0.0.0.0"]))
+        sign_in(app.parse_args(["--host", "0.0.0.0"]))
 
 
 # Round two (issue 25) -------------------------------------------------------------------------------

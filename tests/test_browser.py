@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, require_prerequisite
-from test_app import ACCOUNTS, start
+from conftest import CHROMIUM, TEAM, require_prerequisite
+from test_app import credentials, start
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 README_SCREENSHOT = Path(__file__).parent.parent / "docs" / "screenshot-review.png"
@@ -34,11 +34,22 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def site(tiny_pipeline_dir, tmp_path_factory):
-    demo, opened = start(tiny_pipeline_dir, tmp_path_factory.mktemp("browser-home"))
+def site(tiny_pipeline_dir, team_accounts, tmp_path_factory):
+    demo, opened = start(tiny_pipeline_dir, tmp_path_factory.mktemp("browser-home"), "--auth-file", str(team_accounts))
     yield demo.local_url, opened
     demo.close()
     opened.store.close()
+
+
+def sign_in(page, url: str, user: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    username, password = credentials(user)
+    page.get_by_label("username").fill(username)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    expect(page.get_by_text(f"Signed in as {user}")).to_be_visible()
 
 
 def screenshot(page, name: str) -> Path:
@@ -57,12 +68,7 @@ def test_review_generate_compare_in_a_browser(browser, site):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(60_000)
 
-    # Sign in.
-    page.goto(url)
-    page.get_by_label("username").fill(ACCOUNTS[0][0])
-    page.get_by_label("password").fill(ACCOUNTS[0][1])
-    page.get_by_role("button", name="Login").click()
-    expect(page.get_by_text("Signed in as alice")).to_be_visible()
+    sign_in(page, url, "alice")
 
     # Review: open one image by link, edit, save, approve.
     page.goto(f"{url}?image={key}")
@@ -104,3 +110,28 @@ def test_review_generate_compare_in_a_browser(browser, site):
         README_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(review_png, README_SCREENSHOT)
     page.close()
+
+
+TABS_OF_ROLE = {"admin": ["Review", "Generate", "Compare"], "reviewer": ["Review", "Generate", "Compare"], "reader": []}
+
+
+@pytest.mark.slow
+def test_each_role_sees_exactly_its_tabs(browser, site):
+    from playwright.sync_api import expect
+
+    url, opened = site
+    for user, (role, _) in TEAM.items():
+        context = browser.new_context(viewport={"width": 1200, "height": 800})  # its own cookies
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        sign_in(page, url, user)
+        expect(page.get_by_text(f"({role})")).to_be_visible()
+        if TABS_OF_ROLE[role]:
+            expect(page.get_by_role("tab", name=TABS_OF_ROLE[role][0])).to_be_visible()
+        else:
+            expect(page.locator("#entry-details")).to_be_hidden()
+        assert [t.inner_text().strip() for t in page.get_by_role("tab").all() if t.is_visible()] == TABS_OF_ROLE[role]
+        if role == "reader":
+            assert not any(key in page.content() for key in opened.store.keys())
+        screenshot(page, f"tabs-{role}")
+        context.close()

@@ -75,10 +75,13 @@ def test_per_block_activation_estimate_matches_what_autograd_keeps_for_pixart_xl
 
     from finetune.plan import PRESETS, transformer_activations
     from medart_core.lora import TRANSFORMER_TARGETS, add_lora, lora_config
-    from medart_core.pipeline import MAX_PROMPT_TOKENS
+    from medart_core.bases import PIXART_ALPHA
+
+    MAX_PROMPT_TOKENS = PIXART_ALPHA.max_prompt_tokens
 
     def saved_and_estimated(layers: int) -> tuple[int, int]:
-        config = {**PRESETS["PixArt-alpha/PixArt-XL-2-512x512"]["transformer"], "sample_size": 16, "num_layers": layers}
+        config = {**PRESETS["PixArt-alpha/PixArt-XL-2-512x512"].configs["transformer"], "sample_size": 16,
+                  "num_layers": layers}
         transformer = PixArtTransformer2DModel.from_config(config).requires_grad_(False)
         add_lora(transformer, lora_config(TRANSFORMER_TARGETS, rank=4))
         weights = {p.untyped_storage().data_ptr() for p in transformer.parameters()}
@@ -94,7 +97,8 @@ def test_per_block_activation_estimate_matches_what_autograd_keeps_for_pixart_xl
             transformer(torch.randn(1, 4, 16, 16), encoder_hidden_states=torch.randn(1, MAX_PROMPT_TOKENS, 4096),
                         encoder_attention_mask=torch.ones(1, MAX_PROMPT_TOKENS), timestep=torch.tensor([500]),
                         added_cond_kwargs={"resolution": None, "aspect_ratio": None})
-        return sum(saved.values()), transformer_activations(transformer, 1, 128, 8, 4, checkpointing=False)
+        return sum(saved.values()), transformer_activations(transformer, 1, 128, 8, 4, checkpointing=False,
+                                                                prompt_tokens=MAX_PROMPT_TOKENS)
 
     (saved_1, estimate_1), (saved_2, estimate_2) = saved_and_estimated(1), saved_and_estimated(2)
     assert 0.9 < (estimate_2 - estimate_1) / (saved_2 - saved_1) < 1.25  # measured here: 1.10
@@ -116,3 +120,21 @@ def test_plan_counts_of_a_local_folder_match_the_loaded_model(tiny_pipeline_dir)
 def test_plan_of_an_unknown_hub_id_says_what_to_do():
     with pytest.raises(MedArtError, match="no memory-plan preset"):
         memory_plan(load_config(["--model", "someone/other-model", "--data", "d"]))
+
+
+def test_checkpointed_hldf_plans_the_decode_and_one_sampling_call_apart_not_together(no_weight_loading):
+    """Measured at real size (bench/bench_real_size.py): with checkpointed sampling calls the
+    decoder's activations are gone before a call is recomputed, so the HLDF row is the larger of
+    the two; summing them over-planned PixArt-XL's HLDF step by 19%."""
+    from finetune.plan import empty_models, read_component_configs, transformer_activations, vae_decoder_activations
+
+    config = xl_config("--hldf_checkpointing", "true", "--vae_gradient_checkpointing", "true")
+    base, configs = read_component_configs(config.model)
+    transformer, vae, _ = empty_models(configs)
+    one_call = transformer_activations(transformer, 2 * config.train_batch_size, config.resolution, 8, 2,
+                                       checkpointing=False,
+                                       prompt_tokens=config.max_prompt_tokens or base.max_prompt_tokens)
+    decode = vae_decoder_activations(vae, config.train_batch_size, config.resolution, 2, checkpointing=True)
+    assert memory_plan(config, device="cuda").rows["hldf"] == max(one_call, decode)
+    kept = memory_plan(xl_config("--hldf_checkpointing", "false", "--vae_gradient_checkpointing", "true"), device="cuda")
+    assert kept.rows["hldf"] == config.hldf_steps * one_call + decode  # every call's activations are stored

@@ -16,7 +16,7 @@ from medart_core.quiet import BITSANDBYTES_CPU_LOGGER
 ENTRY_POINTS = [
     "app", "medart_core.__main__", "finetune.train", "finetune.train_demo_model", "finetune.make_demo_dataset",
     "finetune.experiments.guidance_sweep", "finetune.experiments.hldf_ablation",
-    "bench.bench_train", "bench.bench_generate", "bench.bench_metrics", "bench.bench_caption",
+    "bench.bench_train", "bench.bench_generate", "bench.bench_metrics", "bench.bench_caption", "bench.bench_real_size",
 ]
 NOTICE = ("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
           "`pip install kernels` and the kernels >= 0.11.1")

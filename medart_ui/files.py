@@ -1,0 +1,106 @@
+"""Files served by role. Gradio's file route only checks that someone is signed in; this ASGI
+middleware, in front of it, lets a reader fetch only the files of the reader studies they take
+part in (App.reader_files), and leaves reviewers and admins what gradio gives them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from medart_ui.shared import STAFF
+
+logger = logging.getLogger("medart.app")
+# gradio's routes that read a file by path (or URL): /gradio_api/file=PATH and its old form /gradio_api/file/PATH
+FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")
+
+
+def requested_file(path: str) -> str | None:
+    """The file a request path asks for, or None when it is not the file route."""
+    path = "/" + path.lstrip("/")
+    for route in FILE_ROUTES:
+        if path.startswith(route):
+            return path[len(route):]  # the server has already percent-decoded it
+    return None
+
+
+class FilesByRole:
+    """ASGI middleware; `app` is the Med-Art App (roles, reader files)."""
+
+    def __init__(self, asgi, app):
+        self.asgi, self.app = asgi, app
+
+    def user(self, scope) -> str | None:
+        """The signed-in user, from gradio's own session cookie and token table."""
+        from starlette.requests import Request
+
+        server = scope.get("app")
+        cookies = Request(scope).cookies
+        cookie_id = getattr(server, "cookie_id", "")
+        token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
+        return getattr(server, "tokens", {}).get(token)
+
+    def allowed(self, scope, wanted: str) -> bool:
+        user = self.user(scope)
+        role = self.app.role_of(user)
+        if role in STAFF:
+            return True
+        try:
+            path = Path(wanted).resolve()
+        except (OSError, ValueError):
+            return False
+        if role is not None and path in {p.resolve() for p in self.app.reader_files(user)}:
+            return True
+        logger.warning("refused file %s to %r (role %s)", wanted, user, role)
+        return False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            wanted = requested_file(scope.get("path", ""))
+            if wanted is not None and not self.allowed(scope, wanted):
+                from starlette.responses import PlainTextResponse
+
+                response = PlainTextResponse("Your role may not fetch this file.", status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.asgi(scope, receive, send)
+
+
+def identifying_upload(path) -> bool:
+    """A DICOM/NIfTI file or a zip (which may hold them): its name and header may identify a patient."""
+    from medart_core.medical_io import is_medical_file
+
+    return is_medical_file(path) or str(path).lower().endswith(".zip")
+
+
+def forget_uploads(paths) -> list[Path]:
+    """Delete gradio's cached copies of uploaded medical files (and zips): once converted, or when
+    the upload was cancelled or replaced, nothing may serve them back under their original name.
+    Only files inside gradio's upload folder are touched. Returns the files deleted."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()).resolve()
+    deleted = []
+    for name in paths or []:
+        path = Path(name if isinstance(name, (str, Path)) else getattr(name, "name", name))  # gradio's file objects
+        try:
+            inside = path.resolve().is_relative_to(folder)
+        except (OSError, ValueError):
+            continue
+        if inside and identifying_upload(path) and path.is_file():
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted
+
+
+def sweep_uploads() -> list[Path]:
+    """At start: delete the medical files an earlier run left in gradio's upload folder (an upload
+    chosen but never submitted, a crash mid-conversion)."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder())
+    if not folder.is_dir():
+        return []
+    deleted = forget_uploads(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    if deleted:
+        logger.warning("deleted %d medical upload(s) left in gradio's upload folder %s", len(deleted), folder)
+    return deleted

@@ -1,0 +1,45 @@
+"""bench/bench_real_size.py and bench/gpu_check.sh cannot rot: the plain part runs on the tiny
+model, and the GPU script parses, lists its parts and refuses an unknown one."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_plain_part_measures_a_step_beside_the_plan_and_writes_its_figures(tiny_pipeline_dir, tmp_path):
+    results = tmp_path / "results.json"
+    done = run([sys.executable, "bench/bench_real_size.py", "--which", "plain", "--model", str(tiny_pipeline_dir),
+                "--resolution", "32", "--device", "cpu", "--json", str(results)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"plain: measured \d+ MB, planned \d+ MB, ratio \d+\.\d\d", last), last
+    (figures,) = json.loads(results.read_text())["results"]
+    assert figures["part"] == "plain" and figures["resolution"] == 32 and figures["batch"] == 1
+    assert figures["seconds"] > 0 and figures["measured_mb"] > 0 and figures["planned_mb"] > 0
+    table = run([sys.executable, "bench/bench_real_size.py", "--markdown", str(results)])
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"^\| plain \| \d{4}-\d\d-\d\d, cpu fp32, .*32 px, batch 1 \|", table.stdout, re.M), table.stdout
+
+
+def test_gpu_check_lists_every_part_and_refuses_an_unknown_one():
+    assert run(["bash", "-n", "bench/gpu_check.sh"]).returncode == 0
+    listed = run(["bash", "bench/gpu_check.sh", "--dry-run"])
+    assert listed.returncode == 0, listed.stderr
+    lines = dict(line.split(": ", 1) for line in listed.stdout.strip().splitlines())
+    assert list(lines) == ["gen512", "gen1024", "plain", "hldf", "text-cache", "quant-t5", "caption"]
+    assert "--which plain --config finetune/configs/paper.yaml" in lines["plain"]
+    assert "--text-encoder xxl" in lines["hldf"] and "--resolution 1024" in lines["gen1024"]
+    wrong = run(["bash", "bench/gpu_check.sh", "--parts", "plain,warp"])
+    assert wrong.returncode == 2 and "unknown part 'warp'" in wrong.stderr
