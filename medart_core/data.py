@@ -6,6 +6,7 @@ source, rule, and for generated sets seed, steps, guidance, model, adapters, syn
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -73,24 +74,32 @@ def _not_utf8(path: Path, err: UnicodeDecodeError) -> str:
             "UTF-8 (e.g. a spreadsheet's \"CSV UTF-8\" format) and try again")
 
 
-def write_text_atomic(path: str | Path, text: str, *, mode: int | None = None) -> Path:
-    """Write to a temp file in the same folder and rename it over `path`: readers see the old
-    file or the new one, never half of one. `mode` (e.g. 0o600) is set before any byte is written."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, mode: int | None = None):
+    """A temp file beside `path` to write into; renamed over `path` when the block ends, deleted
+    when it fails: readers see the old file or the new one, never half of one. `mode` (e.g.
+    0o600) is set before any byte is written. Every atomic write of the project goes through it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         if mode is not None:
             os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        os.close(fd)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: str | Path, text: str, *, mode: int | None = None) -> Path:
+    """Text written atomically (see atomic_path), flushed to disk before the rename."""
+    with atomic_path(path, mode=mode) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> Path:

@@ -12,15 +12,12 @@ same. A DICOM/NIfTI file never gets here: medical_io converts it, reading only i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import ExifTags, Image, ImageOps
 
-from medart_core.data import check_decoded_size
+from medart_core.data import atomic_path, check_decoded_size, write_json_atomic
 from medart_core.errors import MedArtError
-from medart_core.medical_io import _write_json_atomic
 
 # Image.info keys that describe the pixels, not the picture's subject: carried over.
 PIXEL_KEYS = {"transparency"}
@@ -87,15 +84,8 @@ def clean_copy(source: str | Path, target: str | Path, shown: str | None = None)
     except Exception as err:  # PIL raises many types for hostile bytes; all mean "not a usable image"
         raise MedArtError(f"cannot read image {shown}: {type(err).__name__}") from None
     options = {"PNG": {"optimize": False}, "JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         fresh.save(tmp, format=fmt, **options)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return removed
 
 
@@ -117,5 +107,5 @@ def record_removed(report: str | Path, entries: list[dict]) -> Path:
     data.setdefault("images_note", "ordinary images are re-encoded from their pixels; 'removed' names the metadata "
                                    "that was dropped (never its value)")
     report.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(report, data)  # the DICOM/NIfTI half of the same report is written the same way
+    write_json_atomic(report, data)  # the DICOM/NIfTI half of the same report is written the same way
     return report

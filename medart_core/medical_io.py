@@ -22,8 +22,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -343,14 +341,10 @@ def file_reference(path: Path, kind: str) -> str:
 
 def _save_png_atomic(pixels: np.ndarray, target: Path) -> None:
     """A PNG without text chunks, written to a temp file and renamed: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    from medart_core.data import atomic_path
+
+    with atomic_path(target) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def convert_file(path: str | Path, out_folder: str | Path, *, options: ConvertOptions = ConvertOptions(),
@@ -442,17 +436,6 @@ class ConversionSummary:
                 f"de-identification report: {self.report}")
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def convert_to_imagefolder(inputs: list[str | Path], out: str | Path, *, options: ConvertOptions = ConvertOptions(),
                            label: str | None = None, labels_from_folders: bool = True,
                            columns: dict | None = None) -> ConversionSummary:
@@ -509,7 +492,9 @@ def write_report(path: Path, entries: list[dict]) -> Path:
             document = {}
     # One entry per converted file: the files of one DICOM series share their source_file.
     existing.update({e.get("file", e["source_file"]): e for e in entries})
-    _write_json_atomic(path, {
+    from medart_core.data import write_json_atomic
+
+    write_json_atomic(path, {
         **document,  # e.g. the ordinary images' entries (medart_core.image_privacy)
         "profile": "DICOM PS3.15 Annex E basic application level confidentiality profile (attribute names only; "
                    "only pixels and display attributes were read, nothing else was carried into the dataset)",

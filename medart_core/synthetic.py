@@ -6,8 +6,6 @@ model that made it, so the mark survives the image being copied away from its me
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -33,16 +31,11 @@ def synthetic_png_info(record: dict) -> PngInfo:
 
 def save_synthetic_png(image: Image.Image, path: str | Path, record: dict) -> Path:
     """Write the PNG atomically (temp file + rename), so an interrupted run never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=synthetic_png_info(record))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from medart_core.data import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=synthetic_png_info(record))
+    return Path(path)
 
 
 def read_png_text(path: str | Path) -> dict[str, str]:
