@@ -206,14 +206,15 @@ def test_caption_token_budget_is_the_bases(tiny_pipeline_dir, tiny_sigma_dir):
     assert default_token_budget(None) == 120
 
 
-def test_app_generates_and_compares_on_sigma(tiny_sigma_dir, tiny_train_data, tmp_path):
+def test_app_generates_and_compares_on_sigma(tiny_sigma_dir, tiny_train_data, team_accounts, tmp_path):
     from gradio_client import Client
 
-    from test_app import ACCOUNTS, start  # the app test's launcher (pytest puts tests/ on sys.path)
+    from test_app import ADMIN, credentials, start  # the app test's launcher (pytest puts tests/ on sys.path)
 
-    demo, opened = start(tiny_sigma_dir, tmp_path / "home", "--data", str(tiny_train_data))
+    demo, opened = start(tiny_sigma_dir, tmp_path / "home", "--data", str(tiny_train_data),
+                         "--auth-file", str(team_accounts))
     try:
-        client = Client(demo.local_url, auth=ACCOUNTS[0], verbose=False)
+        client = Client(demo.local_url, auth=credentials(ADMIN), verbose=False)
         gallery, files = client.predict(LONG_PROMPT, 3, 2, 4.5, 1, api_name="/generate")
         assert len(files) == 1 and "SYNTHETIC" in gallery[0]["caption"]
         note, real, fake, histogram, stats = client.predict("fundus", "", 2, 2, api_name="/compare")
