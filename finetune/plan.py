@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.config import TrainConfig
-from medart_core.bases import Base, detect_base
+from medart_core.bases import Base, check_trainable, detect_base
 from medart_core.errors import MedArtError
 from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS
 from medart_core.model_presets import PRESETS
@@ -199,6 +199,7 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     base, configs = read_component_configs(config.model)
+    check_trainable(base)  # its components are not the PixArt classes empty_models builds
     transformer, vae, text_encoder = empty_models(configs)
     prompt_tokens = config.max_prompt_tokens or base.max_prompt_tokens
     model_bytes, text_bytes = _dtype_bytes(config.mixed_precision, device)

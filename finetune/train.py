@@ -47,7 +47,7 @@ from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images, process_state
 from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS, add_lora, lora_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER, EmbeddingStore, text_cache_key
-from medart_core.bases import base_of_pipeline
+from medart_core.bases import base_of_pipeline, check_trainable, detect_base
 from medart_core.losses import (channel_sums_from_statistics, colour_statistics_distance, hldf_color_loss,
                                 image_channel_statistics, noise_prediction_loss, statistics_from_sums)
 from medart_core.lora_file import LORA_FILE, write_lora_file
@@ -84,6 +84,7 @@ def training_precision(device: torch.device, mixed_precision: str) -> Precision:
 
 def build_models(config: TrainConfig, precision: Precision):
     """The base pipeline with a trainable LoRA on the transformer (and optionally on T5); all else frozen."""
+    check_trainable(detect_base(config.model))
     loaded = load_pipeline(config.model, precision=precision, prompt_cache_size=0,
                            text_encoder_quantization=config.text_encoder_quantization)
     pipe = loaded.pipe

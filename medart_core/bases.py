@@ -28,6 +28,7 @@ class Base:
     learned_sigma: bool  # the transformer outputs (prediction, variance) halves
     used_by_paper: bool  # Guo et al. 2025 fine-tuned this base
     clean_caption: bool = True  # the stock pipeline's default caption cleaning (PixArt: on, Sana: off)
+    trains: bool = True  # the trainer and its memory plan handle it (Sana: generation only, for now)
 
     def pipeline_type(self):
         """The diffusers pipeline class (imported only when asked for)."""
@@ -76,6 +77,7 @@ SANA = Base(
     learned_sigma=False,
     used_by_paper=False,
     clean_caption=False,
+    trains=False,
 )
 
 BASES: dict[str, Base] = {base.pipeline_class: base for base in (PIXART_ALPHA, PIXART_SIGMA, SANA)}
@@ -83,6 +85,15 @@ BASES: dict[str, Base] = {base.pipeline_class: base for base in (PIXART_ALPHA, P
 
 def supported() -> str:
     return ", ".join(f"{b.pipeline_class} ({b.name})" for b in BASES.values())
+
+
+def check_trainable(base: Base) -> Base:
+    """Refuse, in one line, a base the trainer does not handle yet, before a long load or a wrong plan."""
+    if not base.trains:
+        trainable = ", ".join(b.name for b in BASES.values() if b.trains)
+        raise MedArtError(f"training {base.name} is not supported yet (Med-Art generates with it); "
+                          f"bases that train: {trainable}")
+    return base
 
 
 def base_for_class(class_name: str | None, where: str) -> Base:

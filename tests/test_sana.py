@@ -88,3 +88,12 @@ def test_transformer_gets_the_scaled_timestep_as_in_sana_pipeline(tiny_sana_dir)
     stock = model.pipe(PROMPTS[:1], generator=[torch.Generator("cpu").manual_seed(7)], num_inference_steps=2,
                        guidance_scale=1.0, height=32, width=32, use_resolution_binning=False, output_type="np").images
     assert np.abs(ours - stock).max() < 1e-4
+
+
+def test_training_and_its_plan_refuse_sana_in_one_line_for_now(tiny_sana_dir, tiny_train_data, capsys):
+    import finetune.train as train_module
+
+    for argv in (["--data", str(tiny_train_data)], ["--data", str(tiny_train_data), "--plan", "cpu"]):
+        assert train_module.main(["--model", str(tiny_sana_dir), *argv]) == 2
+        err = capsys.readouterr().err
+        assert "training Sana is not supported yet" in err and "PixArt-alpha" in err
