@@ -69,16 +69,22 @@ def check_search(search: str | None) -> str:
     return search
 
 
+def whole_number(value, what: str) -> int:
+    """An int from what a form or a raw API call sent (3, 3.0, "3"), or a MedArtError naming `what`:
+    NaN, infinity, a fraction, a bool or other text would otherwise end in a generic internal error."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise MedArtError(f"{what} must be a whole number, got {value!r:.40}")
+    try:
+        return int(value)
+    except ValueError:
+        raise MedArtError(f"{what} must be a whole number, got {value!r:.40}") from None
+
+
 def check_revision(revision) -> int:
     """A revision number from a form or an API call, refused unless a whole number in 1..MAX_REVISION."""
-    if isinstance(revision, float) and revision.is_integer():
-        revision = int(revision)
-    if isinstance(revision, bool) or not isinstance(revision, (int, str)):
-        raise MedArtError(f"revision must be a whole number, got {revision!r:.40}")
-    try:
-        number = int(revision)
-    except ValueError:
-        raise MedArtError(f"revision must be a whole number, got {revision!r:.40}") from None
+    number = whole_number(revision, "revision")
     if not 1 <= number <= MAX_REVISION:
         raise MedArtError(f"revision {str(number)[:40]} is out of range: revisions are numbered 1 to {MAX_REVISION:,}")
     return number

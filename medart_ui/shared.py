@@ -12,12 +12,12 @@ import functools
 import html
 import inspect
 import logging
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 from medart_core.accounts import ROLES
 from medart_core.errors import MedArtError
+from medart_core.text_limits import whole_number
 
 ADMIN, REVIEWER, READER = ROLES
 STAFF = (ADMIN, REVIEWER)  # may see descriptions, generate and compare
@@ -39,20 +39,6 @@ def as_text(value) -> str:
     backslash-escaped; line breaks become spaces, so a value cannot start a block of its own."""
     text = " ".join(str("" if value is None else value).split())
     return "".join(HTML_ENTITIES.get(c) or ("\\" + c if c in MARKDOWN_PUNCTUATION else c) for c in text)
-
-
-def whole_number(value, what: str) -> int:
-    """An int from what a browser or a raw API call sent (3, 3.0, "3"), or a MedArtError naming
-    `what`: NaN, infinity or a fraction would otherwise end in the generic internal error."""
-    if isinstance(value, str):
-        try:
-            value = float(value) if value.strip() else None
-        except ValueError:
-            value = None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
-        raise MedArtError(f"{what} must be a whole number, got {str(value)[:40]}")
-    return int(value)
 
 
 @dataclass

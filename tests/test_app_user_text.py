@@ -11,7 +11,8 @@ import pytest
 
 from medart_core.errors import MedArtError
 from medart_core.store import ReviewStore, import_dataset
-from medart_ui.shared import as_text, generate_files, whole_number
+from medart_core.text_limits import whole_number
+from medart_ui.shared import as_text, generate_files
 from medart_ui.tabs.review import revision_text, show_entry
 from test_store import make_dataset
 
