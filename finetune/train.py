@@ -27,7 +27,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +62,35 @@ from medart_core.training_draws import micro_step_seed, sample_draws, sample_gen
 
 logger = logging.getLogger("medart.train")
 STATE_FILE = "training_state.pt"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # the app's Cancel, Ctrl-C, a Space or scheduler shutting down
+
+
+class StopRequest:
+    """A stop asked for by a signal: the loop finishes its step, the main process writes a
+    checkpoint, and every process exits cleanly (`--resume latest` continues). With several
+    processes they agree through a collective at each step boundary, so all stop at the same step
+    even when the signal reached them at different moments (or only one of them)."""
+
+    def __init__(self):
+        self.asked, self._previous = False, {}
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = {number: signal.signal(number, self._ask) for number in STOP_SIGNALS}
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _ask(self, number, frame) -> None:
+        # Kept installed after the first signal: a launcher forwarding a second SIGTERM must not kill
+        # a process that is finishing its step.
+        self.asked = True
+        logger.warning("%s received: stopping after this step with a checkpoint", signal.Signals(number).name)
+
+    def agreed(self, accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.asked
+        flag = torch.tensor([1.0 if self.asked else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="max").item())  # "max": reduce's unknown names sum
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,6 +552,7 @@ def plan_device(argv: list[str]) -> str:
 
 
 def train(config: TrainConfig) -> Path:
+    stop = StopRequest()
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         log_with="tensorboard",
@@ -616,7 +648,9 @@ def train(config: TrainConfig) -> Path:
             if is_main:
                 with open(log_file, "a") as handle:
                     handle.write(json.dumps({"step": global_step, **logs}) + "\n")
-        checkpoint_now = global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps
+        stopping = global_step < config.max_train_steps and stop.agreed(accelerator)
+        checkpoint_now = (global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps
+                          or stopping)
         if checkpoint_now and not processes_agree(trainable, accelerator):
             raise MedArtError(f"step {global_step}: the processes' LoRA weights differ; not saving a checkpoint that "
                               "only one of them holds (a non-deterministic optimizer or device?)")
@@ -628,10 +662,14 @@ def train(config: TrainConfig) -> Path:
         if is_main and config.validation_steps and global_step % config.validation_steps == 0:
             run_validation(models, config, validation_prompts, validation_seeds, global_step, output_dir, accelerator)
         accelerator.wait_for_everyone()
+        if stopping:
+            logger.warning("stopped at step %d of %d on request; continue with --resume latest", global_step,
+                           config.max_train_steps)
+            break
     progress.close()
 
-    # save
-    if is_main:
+    # save (a stopped run has its checkpoint, not final adapters: the model card marks a finished run)
+    if is_main and global_step == config.max_train_steps:
         save_adapters(output_dir, transformer_lora, text_encoder_lora)
         run_validation(models, config, validation_prompts, validation_seeds, global_step, output_dir, accelerator)
         summary = {"optimizer steps": global_step, "skipped (non-finite) steps": skipped_steps,
@@ -642,6 +680,7 @@ def train(config: TrainConfig) -> Path:
         logger.info("adapters in %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    stop.restore()
     return output_dir
 
 
