@@ -44,6 +44,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from finetune.checkpoints import STATE_FILE, list_checkpoints
 from finetune.config import TrainConfig, load_config
 from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images, process_state
@@ -61,7 +62,6 @@ from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampl
 from medart_core.training_draws import micro_step_seed, sample_draws, sample_generator, sample_seed, use_sample_dropout
 
 logger = logging.getLogger("medart.train")
-STATE_FILE = "training_state.pt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # the app's Cancel, Ctrl-C, a Space or scheduler shutting down
 
 
@@ -423,11 +423,6 @@ def save_checkpoint(output_dir: Path, state: dict, transformer_lora, text_encode
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
     return final
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    folders = [p for p in (output_dir / "checkpoints").glob("checkpoint-*") if (p / STATE_FILE).is_file()]
-    return sorted(folders, key=lambda p: int(p.name.split("-")[1]))
 
 
 def find_checkpoint(config: TrainConfig) -> Path | None:

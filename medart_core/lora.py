@@ -48,3 +48,14 @@ def add_lora(module, config):
         if param.requires_grad:
             param.data = param.data.float()
     return peft_model
+
+
+def set_adapters_enabled(module, enabled: bool) -> None:
+    """Switch every injected LoRA layer of `module` on or off in place (peft's BaseTunerLayer
+    switch; the weights stay loaded), e.g. to sample the base model and the adapted one from one
+    pipeline. Cached prompt embeddings of a T5 with a LoRA must be cleared after switching."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.enable_adapters(enabled)

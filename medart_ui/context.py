@@ -17,6 +17,7 @@ SPACE_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when
 PUBLIC_NOTICE = ("This is a public demo without sign-in (--no-auth): anyone who can reach it can read and edit "
                  "the descriptions. Do not upload patient images.")
 PRELOAD_JOB = "load the generator"
+TRAINING_JOB = "follow the training runs"
 
 logger = logging.getLogger("medart.app")
 
@@ -50,8 +51,24 @@ class Generator:
             return ("**No model loaded**, so Generate and Compare are off: start the app with "
                     f"`--model` and a preset ({presets}; online) or `--model PATH` to a local "
                     "diffusers PixArt-alpha or PixArt-Sigma folder. Review works without a model.")
-        adapters = f" with LoRA `{self.lora}`" if self.lora else ""
-        return f"Model: `{self.model_name}`{adapters}. Every generated image is marked as synthetic."
+        adapters = f"adapters `{self.lora}`" if self.lora else "no adapters (the base model alone)"
+        return f"Model: `{self.model_name}`, {adapters}. Every generated image is marked as synthetic."
+
+    def use_adapters(self, lora: str | None) -> None:
+        """Generate with other adapters from now on (None: the base alone), without a restart. Waits
+        for the generation in flight (the lock); the old pipeline is dropped before the new one loads,
+        so memory never holds two. A bad folder is refused before anything changes."""
+        from medart_core.pipeline import find_adapters, load_pipeline
+
+        find_adapters(lora)
+        with self._lock:
+            previous, self._model = self.lora, None
+            try:
+                self._model = load_pipeline(self.model_name, lora=lora)
+                self.lora = lora
+            except Exception:
+                self.lora = previous  # loaded again on the next request
+                raise
 
     def load(self):
         """The loaded pipeline; a request arriving while it loads waits for it rather than loading twice."""
@@ -104,6 +121,7 @@ class App:
     anonymous: str  # the author recorded when nobody signs in
     warnings: list[str] = field(default_factory=list)
     jobs: Jobs = field(default_factory=Jobs)
+    runner: object = None  # medart_ui.training_runner.TrainingRunner
     _captioner: object = None
     _captioner_lock: threading.Lock = field(default_factory=threading.Lock)
     _verifier: object = None
@@ -161,6 +179,12 @@ class App:
         """The files a reader may fetch: those of the reader studies they take part in (none yet)."""
         return set()
 
+    def follow_training(self):
+        """Follow the training runs in the background: launch queued ones, notice ended ones."""
+        if self.runner is not None and self.jobs.get(TRAINING_JOB) is None:
+            return self.jobs.start(TRAINING_JOB, self.runner.follow)
+        return None
+
     def preload(self):
         """Load and warm up the generator in the background, so the first Generate does not wait for it."""
         if self.generator.model_name:
@@ -184,6 +208,9 @@ def open_app(args: argparse.Namespace) -> App:
     logger.info("review store %s: %s", store.url, summary)
     anonymous = "anonymous" if (signin.no_auth or args.host not in LOOPBACK) else getpass.getuser()
     app = App(store, Generator(args.model, args.lora), data, home, args.vlm, signin, anonymous)
+    from medart_ui.training_runner import TrainingRunner
+
+    app.runner = TrainingRunner(store, home, args.model)  # runs that died while the app was down: interrupted
     if signin.no_auth and args.host not in LOOPBACK:
         app.warnings.append(PUBLIC_NOTICE)
     if summary.skipped:

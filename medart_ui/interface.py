@@ -4,9 +4,9 @@ shows each user the tabs of their role and fills them; and how the app is launch
 import argparse
 
 from medart_ui.shared import EVERYONE, READER, allow, as_text
-from medart_ui.tabs import compare, generate, review
+from medart_ui.tabs import compare, generate, review, train
 
-TABS = (review, generate, compare)  # coming: team review, dashboard, reader study, training
+TABS = (review, generate, compare, train)  # coming: team review, dashboard, reader study
 AUTH_MESSAGE = "Med-Art: sign in with your account; every edit records your name."
 
 
@@ -94,4 +94,5 @@ def serve(app, args: argparse.Namespace, *, preload: bool = True, **overrides):
     demo.queue().launch(**(launch_options(app, args) | {"prevent_thread_lock": True} | overrides))
     if preload:
         app.preload()
+    app.follow_training()
     return demo

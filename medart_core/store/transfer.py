@@ -204,6 +204,7 @@ class ExportSummary:
     files: list[Path]
     rows: int
     copied: int
+    revisions: dict[str, int] = field(default_factory=dict)  # image key -> the revision whose text was exported
 
     def __str__(self) -> str:
         return f"{self.rows} descriptions exported to {', '.join(map(str, self.files))} ({self.copied} images copied)"
@@ -304,4 +305,4 @@ def export_dataset(store: ReviewStore, out: str | Path, *, approved_only: bool =
         files.append(write_metadata_jsonl(folder / METADATA_FILE, rows))
     (out / EXPORT_MARKER).write_text("written by Med-Art's review store export\n", encoding="utf-8")
     logger.info("exported %d descriptions to %s", len(entries), out)
-    return ExportSummary(out, files, len(entries), copied)
+    return ExportSummary(out, files, len(entries), copied, {e.key: e.revision for e in entries})

@@ -47,8 +47,12 @@ def build(app) -> Fill:
                  progress=gr.Progress()):
         return generate_files(app, text, None, seed_number, step_count, guidance_scale, image_count, progress)
 
+    @allow(app, *ROLES)
+    def show_status(request: gr.Request):
+        return app.generator.status()  # the adapters in use may have been switched in the Train tab
+
     generate_button.click(gpu(generate), [prompt, seed, steps, guidance, count], [gallery, downloads],
-                          api_name="generate")
+                          api_name="generate").then(show_status, None, status, api_visibility="private")
 
     def fill(request: gr.Request):
         return app.generator.status(), gr.update(choices=example_prompts(app), value=None)
