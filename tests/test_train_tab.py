@@ -1,0 +1,150 @@
+"""Training from the app (issue 19), through gradio_client on a running app with the tiny PixArt: a
+quick run reaches done and its adapters change what `generate` makes; a run queued behind it,
+cancelled, then resumed by an app started again ends at the same weights as the uninterrupted run;
+reviewers and readers are refused every training endpoint."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TEAM
+from test_app import credentials, start
+
+ADMIN, REVIEWER, READER = "alice", "bob", "carol"
+STEPS = 10  # the quick preset's HLDF step is step 10: the colour loss is logged once
+ENDPOINTS = {"start_training": ("quick", STEPS, True, "approved"), "training_status": (1,), "cancel_training": (1,),
+             "resume_training": (1,), "use_adapters": ("",)}
+
+
+@pytest.fixture(autouse=True)
+def no_sign_in_environment(monkeypatch):
+    for name in ("MEDART_AUTH", "MEDART_AUTH_FILE", "MEDART_ACCOUNTS", "MEDART_NO_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("train-home")
+
+
+@pytest.fixture(scope="module")
+def site(tiny_pipeline_dir, team_accounts, home):
+    """The app, restartable: site["start"]() (re)opens it on the same home and store."""
+    state = {}
+
+    def open_site():
+        stop_site()
+        state["demo"], state["app"] = start(tiny_pipeline_dir, home, "--auth-file", str(team_accounts))
+        from gradio_client import Client
+
+        state["clients"] = {user: Client(state["demo"].local_url, auth=credentials(user), verbose=False)
+                            for user in TEAM}
+        return state
+
+    def stop_site():  # as a stopped app would: the trainer subprocesses go on
+        if "demo" in state:
+            state["app"].runner.close()
+            state["demo"].close()
+            state["app"].store.close()
+
+    state["start"] = open_site
+    open_site()
+    yield state
+    stop_site()
+
+
+def wait_for(client, run: int, states=("done", "failed", "cancelled", "interrupted"), timeout=240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.predict(run, api_name="/training_status")
+        if status["state"] in states:
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"run {run} still {status['state']} after {timeout} s")
+
+
+def wait_for_log(path: Path, text: str, timeout=120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s")
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def lora_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "pytorch_lora_weights.safetensors")
+
+
+def test_an_empty_export_is_refused_with_the_number_approved(site):
+    with pytest.raises(Exception, match="0 of 390 descriptions are approved"):
+        site["clients"][ADMIN].predict("quick", STEPS, True, "approved", api_name="/start_training")
+    assert site["app"].runner.runs.all() == []  # nothing kept
+    with pytest.raises(Exception, match="unknown preset"):
+        site["clients"][ADMIN].predict("fastest", STEPS, True, "all", api_name="/start_training")
+
+
+def test_reviewers_and_readers_are_refused_every_training_endpoint(site):
+    for user in (REVIEWER, READER):
+        for name, arguments in ENDPOINTS.items():
+            with pytest.raises(Exception, match=rf"your role \({TEAM[user][0]}\) may not use {name}"):
+                site["clients"][user].predict(*arguments, api_name=f"/{name}")
+    assert site["app"].runner.runs.all() == []
+
+
+def test_a_quick_run_is_done_and_a_cancelled_one_resumes_after_a_restart_to_the_same_weights(site):
+    app = site["app"]
+    for entry in app.store.entries(split="train")[::40]:  # 8 images, every class
+        app.store.approve(entry.key, revision=entry.revision, author="alice")
+    admin = site["clients"][ADMIN]
+    _, [base_image] = admin.predict("An axial T1-weighted brain MRI slice", 0, 2, 4.5, 1, api_name="/generate")
+
+    first = admin.predict("quick", STEPS, True, "approved", api_name="/start_training")["run"]
+    second = admin.predict("quick", STEPS, True, "approved", api_name="/start_training")["run"]
+    assert admin.predict(second, api_name="/training_status")["state"] == "queued"  # one run at a time
+    done = wait_for(admin, first)
+    assert done["state"] == "done" and done["step"] == done["total"] == STEPS and done["error"] is None
+    assert [step for step, _ in done["losses"]["loss/noise"]] == list(range(1, STEPS + 1))
+    assert [step for step, _ in done["losses"]["loss/color"]] == [STEPS]
+    assert all(np.isfinite(value) for values in done["losses"].values() for _, value in values)
+    adapters = Path(done["adapters"])
+    assert (adapters / "transformer_lora" / "adapter_config.json").is_file()
+    snapshot = app.runner.runs.snapshot(first)  # the revision of every description it trained on
+    assert snapshot == {e.key: e.revision for e in app.store.entries(status="approved")}
+
+    # The second run was queued: it starts now; cancelled as soon as its trainer listens for the signal.
+    second_run = app.runner.runs.get(second)
+    wait_for_log(second_run.log, "effective config")
+    assert admin.predict(second, api_name="/training_status")["state"] == "running"
+    site["start"]()  # the app restarts while the run goes on: it is followed again
+    admin = site["clients"][ADMIN]
+    assert admin.predict(second, api_name="/training_status")["state"] == "running"
+    cancelled = admin.predict(second, api_name="/cancel_training")
+    assert cancelled["state"] == "cancelled" and cancelled["adapters"] is None
+    assert cancelled["checkpoint"] and 1 <= int(cancelled["checkpoint"].rsplit("-", 1)[1]) < STEPS
+    assert admin.predict(second, api_name="/resume_training")["state"] in ("queued", "running")
+    resumed = wait_for(admin, second)
+    assert resumed["state"] == "done" and resumed["step"] == STEPS
+    uninterrupted, interrupted = lora_weights(adapters), lora_weights(Path(resumed["adapters"]))
+    assert uninterrupted.keys() == interrupted.keys()
+    assert all(np.allclose(uninterrupted[k].numpy(), interrupted[k].numpy(), atol=1e-6) for k in uninterrupted)
+
+    # Generate with the run's adapters, then back to none, without a restart.
+    assert admin.predict(str(first), api_name="/use_adapters") == {"adapters": str(adapters)}
+    assert str(adapters) in site["app"].generator.status()
+    _, [adapted_image] = admin.predict("An axial T1-weighted brain MRI slice", 0, 2, 4.5, 1, api_name="/generate")
+    assert np.abs(pixels(adapted_image) - pixels(base_image)).max() > 2
+    assert admin.predict("", api_name="/use_adapters") == {"adapters": None}
+    _, [again] = admin.predict("An axial T1-weighted brain MRI slice", 0, 2, 4.5, 1, api_name="/generate")
+    assert np.abs(pixels(again) - pixels(base_image)).max() <= 1
