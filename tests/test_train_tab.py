@@ -1,10 +1,15 @@
-"""Training from the app (issue 19), through gradio_client on a running app with the tiny PixArt: a
-quick run reaches done and its adapters change what `generate` makes; a run queued behind it,
-cancelled, then resumed by an app started again ends at the same weights as the uninterrupted run;
-reviewers and readers are refused every training endpoint."""
+"""Training from the app (issue 19), on a running app with the tiny PixArt: in a browser an admin
+starts a quick run, watches the loss plot fill in and switches Generate to its adapters; through
+gradio_client its adapters change what `generate` makes, a run queued behind another waits, a run
+cancelled and resumed by an app started again ends at the same weights as the uninterrupted run;
+reviewers and readers are refused every training endpoint. One app and one set of runs serve all the
+tests of this file (each run costs seconds of CPU). MEDART_UPDATE_SCREENSHOT=1 runs them on the bundled
+demo model and refreshes docs/screenshot-train.png (the Train tab during a run) for the README."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -14,9 +19,12 @@ from PIL import Image
 
 from conftest import TEAM
 from test_app import credentials, start
+from test_browser import browser, screenshot, sign_in  # noqa: F401 (browser: the headless Chromium fixture)
 
 ADMIN, REVIEWER, READER = "alice", "bob", "carol"
 STEPS = 10  # the quick preset's HLDF step is step 10: the colour loss is logged once
+UPDATE = os.environ.get("MEDART_UPDATE_SCREENSHOT") == "1"
+README_SCREENSHOT = Path(__file__).parent.parent / "docs" / "screenshot-train.png"
 ENDPOINTS = {"start_training": ("quick", STEPS, True, "approved"), "training_status": (1,), "cancel_training": (1,),
              "resume_training": (1,), "use_adapters": ("",)}
 
@@ -35,11 +43,14 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def site(tiny_pipeline_dir, team_accounts, home):
     """The app, restartable: site["start"]() (re)opens it on the same home and store."""
+    from medart_ui.options import DEMO_MODEL
+
     state = {}
 
     def open_site():
         stop_site()
-        state["demo"], state["app"] = start(tiny_pipeline_dir, home, "--auth-file", str(team_accounts))
+        model = DEMO_MODEL if UPDATE else tiny_pipeline_dir
+        state["demo"], state["app"] = start(model, home, "--auth-file", str(team_accounts))
         from gradio_client import Client
 
         state["clients"] = {user: Client(state["demo"].local_url, auth=credentials(user), verbose=False)
@@ -103,16 +114,70 @@ def test_reviewers_and_readers_are_refused_every_training_endpoint(site):
     assert site["app"].runner.runs.all() == []
 
 
-def test_a_quick_run_is_done_and_a_cancelled_one_resumes_after_a_restart_to_the_same_weights(site):
+@pytest.fixture(scope="module")
+def approved(site):
     app = site["app"]
     for entry in app.store.entries(split="train")[::40]:  # 8 images, every class
         app.store.approve(entry.key, revision=entry.revision, author="alice")
+
+
+def eventually(check, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.slow
+def test_in_a_browser_start_a_run_watch_the_plot_and_switch_the_adapters(browser, site, approved):  # noqa: F811
+    from playwright.sync_api import expect
+
+    app = site["app"]
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page.set_default_timeout(60_000)
+    sign_in(page, site["demo"].local_url, ADMIN)
+    page.get_by_role("tab", name="Train").click()
+    if not UPDATE:  # the screenshot shows the quick preset's own 20 steps on the demo model
+        page.locator("#train-steps input").fill(str(STEPS))
+    empty_plot = page.locator("#train-plot").screenshot()
+    page.locator("#train-start").click()
+    progress = page.locator("#train-progress")
+    expect(progress).to_contain_text("(running): step ", timeout=120_000)
+    expect(progress).not_to_contain_text("step 0 /", timeout=120_000)
+    if UPDATE:
+        expect(page.locator("#train-validation img").first).to_be_visible(timeout=300_000)
+        expect(progress).to_contain_text("(running)")
+        shutil.copyfile(screenshot(page, "train-running"), README_SCREENSHOT)
+    assert eventually(lambda: page.locator("#train-plot").screenshot() != empty_plot)  # it filled in while training
+    expect(progress).to_contain_text("(done)", timeout=300_000)
+    expect(page.locator("#train-validation")).to_contain_text("SYNTHETIC")
+    [run] = app.runner.runs.all()
+
+    page.locator("#train-use").click()
+    assert eventually(lambda: app.generator.lora == str(run.output))
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt textarea").fill("An axial T1-weighted brain MRI slice")
+    page.locator("#generate-button").click()
+    expect(page.get_by_text(f"adapters {run.output}")).to_be_visible()  # the status line names them
+    screenshot(page, "generate-with-adapters")
+    page.close()
+
+
+def test_a_quick_run_is_done_and_a_cancelled_one_resumes_after_a_restart_to_the_same_weights(site, approved):
+    app = site["app"]
     admin = site["clients"][ADMIN]
+    assert admin.predict("", api_name="/use_adapters") == {"adapters": None}  # the browser test switched them
     _, [base_image] = admin.predict("An axial T1-weighted brain MRI slice", 0, 2, 4.5, 1, api_name="/generate")
 
-    first = admin.predict("quick", STEPS, True, "approved", api_name="/start_training")["run"]
+    started = [run.id for run in app.runner.runs.all() if run.state == "done"]  # the browser's run, if it ran
+    first = started[0] if started else admin.predict("quick", STEPS, True, "approved", api_name="/start_training")["run"]
     second = admin.predict("quick", STEPS, True, "approved", api_name="/start_training")["run"]
-    assert admin.predict(second, api_name="/training_status")["state"] == "queued"  # one run at a time
+    third = admin.predict("quick", STEPS, True, "approved", api_name="/start_training")["run"]
+    assert admin.predict(third, api_name="/training_status")["state"] == "queued"  # one run at a time
+    never_ran = admin.predict(third, api_name="/cancel_training")
+    assert never_ran["state"] == "cancelled" and never_ran["checkpoint"] is None
     done = wait_for(admin, first)
     assert done["state"] == "done" and done["step"] == done["total"] == STEPS and done["error"] is None
     assert [step for step, _ in done["losses"]["loss/noise"]] == list(range(1, STEPS + 1))

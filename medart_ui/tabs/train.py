@@ -119,7 +119,7 @@ def build(app) -> Fill:
             descriptions = gr.Radio(list(DESCRIPTIONS), value="approved", label="Descriptions",
                                     info="exported at Start into the run's folder; the run records each revision")
             with gr.Row():
-                steps = gr.Number(0, precision=0, label="Steps", minimum=0)
+                steps = gr.Number(0, precision=0, label="Steps", minimum=0, elem_id="train-steps")
                 epochs = gr.Number(0, precision=0, label="or epochs", minimum=0)
             with gr.Row():
                 learning_rate = gr.Number(0, label="Learning rate", minimum=0)
