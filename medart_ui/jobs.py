@@ -1,7 +1,7 @@
 """Background work of the app: started at once, run in a thread, state kept for whoever asks.
 
-Today it loads the generator at start, so a person's first Generate does not pay for the load;
-long jobs (training) will register here too.
+It loads the generator at start, so a person's first Generate does not pay for the load, and
+follows the training runs (medart_ui.training_runner), whose trainers run as subprocesses.
 """
 
 from __future__ import annotations

@@ -387,6 +387,11 @@ class TrainingRunner:
         shutil.rmtree(run.folder, ignore_errors=True)
         self.runs.delete(run.id)
 
+    def trained_texts(self, run_id) -> list[tuple[str, int, str]]:
+        """(image key, revision, the text of that revision) of every description the run trained on."""
+        snapshot = self.runs.snapshot(self._run_id(run_id))
+        return [(key, number, self.store.revision(key, number).text) for key, number in sorted(snapshot.items())]
+
     def adapters(self, run_id) -> Path:
         """The adapters folder of a finished run (refused for any other)."""
         run = self.runs.get(self._run_id(run_id))

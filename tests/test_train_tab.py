@@ -160,7 +160,7 @@ def test_in_a_browser_start_a_run_watch_the_plot_and_switch_the_adapters(browser
     page.get_by_role("tab", name="Generate").click()
     page.locator("#prompt textarea").fill("An axial T1-weighted brain MRI slice")
     page.locator("#generate-button").click()
-    expect(page.get_by_text(f"adapters {run.output}")).to_be_visible()  # the status line names them
+    expect(page.locator("#generate-status")).to_contain_text(str(run.output))  # the status line names them
     screenshot(page, "generate-with-adapters")
     page.close()
 
@@ -187,6 +187,8 @@ def test_a_quick_run_is_done_and_a_cancelled_one_resumes_after_a_restart_to_the_
     assert (adapters / "transformer_lora" / "adapter_config.json").is_file()
     snapshot = app.runner.runs.snapshot(first)  # the revision of every description it trained on
     assert snapshot == {e.key: e.revision for e in app.store.entries(status="approved")}
+    assert [text for _, _, text in app.runner.trained_texts(first)] == [
+        e.text for e in sorted(app.store.entries(status="approved"), key=lambda e: e.key)]
 
     # The second run was queued: it starts now; cancelled as soon as its trainer listens for the signal.
     second_run = app.runner.runs.get(second)

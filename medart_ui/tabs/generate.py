@@ -20,7 +20,7 @@ def example_prompts(app) -> list[str]:
 
 
 def build(app) -> Fill:
-    status = gr.Markdown()
+    status = gr.Markdown(elem_id="generate-status")
     with gr.Row():
         with gr.Column():
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", placeholder="An axial T1-weighted brain MRI slice")

@@ -30,7 +30,8 @@ def run_id_or_none(value) -> int | None:
 
 def settings_text(settings: dict) -> str:
     """The settings a run changed from its preset's, in one line."""
-    shown = {k: v for k, v in settings.items() if k not in ("preset", "descriptions") and v not in (0, 0.0, None)}
+    shown = {k: v for k, v in settings.items() if k not in ("preset", "descriptions") and v not in (0, 0.0, None)
+             and not (k == "processes" and v == 1)}
     if not settings.get("hldf", True):
         shown = {k: v for k, v in shown.items() if not k.startswith("hldf_")} | {"hldf": "off"}
     shown.pop("hldf", None) if shown.get("hldf") is True else None
@@ -53,7 +54,9 @@ def loss_frame(losses: dict):
     import pandas as pd
 
     rows = [(step, value, name) for name, values in losses.items() for step, value in values]
-    return pd.DataFrame(rows, columns=["step", "value", "loss"])
+    frame = pd.DataFrame(rows, columns=["step", "value", "loss"])
+    # typed even when empty: an untyped column would make the plot's axis a category axis
+    return frame.astype({"step": "int64", "value": "float64", "loss": "str"})
 
 
 def validation_previews(app, run) -> list[tuple[str, str]]:
@@ -146,6 +149,9 @@ def build(app) -> Fill:
             validation = gr.Gallery(label="Validation images (SYNTHETIC)", columns=4, height=200, elem_id="train-validation")
             log = gr.Textbox(label="Last log lines", lines=8, max_lines=8, interactive=False, elem_id="train-log")
     runs = gr.Dataframe(headers=RUN_COLUMNS, label="Runs", interactive=False, elem_id="train-runs")
+    with gr.Accordion("The descriptions this run trained on (the revision of each)", open=False):
+        texts_button = gr.Button("Show them", elem_id="train-texts-button")
+        texts = gr.Dataframe(headers=["image", "revision", "text"], interactive=False, elem_id="train-texts")
     with gr.Row():
         confirm = gr.Checkbox(False, label="Yes, delete this run and its files")
         delete_button = gr.Button("Delete run", variant="stop", elem_id="train-delete")
@@ -166,7 +172,7 @@ def build(app) -> Fill:
         run_number = run_id_or_none(run_value)
         table = runs_table(app)
         if run_number is None:
-            return "Start a run, or type a run's number.", loss_frame({}), [], "", table
+            return "Start a run, or type a run's number.", gr.skip(), [], "", table
         found = app.runner.runs.get(run_number)
         current = app.runner.status(run_number)
         left = app.runner.seconds_left(run_number)
@@ -176,8 +182,10 @@ def build(app) -> Fill:
         if current["error"]:
             line += f"  \n{as_text(current['error'])}"
         if current["adapters"]:
-            line += f"  \nAdapters: `{as_text(current['adapters'])}`"
-        return line, loss_frame(current["losses"]), validation_previews(app, found), log_tail(found.log), table
+            line += f"  \nAdapters: {as_text(current['adapters'])}"
+        # Never an empty frame: gradio 6's LinePlot, once given one, draws no coloured line afterwards.
+        plotted = loss_frame(current["losses"]) if any(current["losses"].values()) else gr.skip()
+        return line, plotted, validation_previews(app, found), log_tail(found.log), table
 
     @allow(app, ADMIN)
     def refresh(run_value, request: gr.Request):
@@ -255,6 +263,15 @@ def build(app) -> Fill:
         button.click(then_refreshed(function), run, shown, api_visibility="private")
 
     @allow(app, ADMIN)
+    def trained_on(run_value, request: gr.Request):
+        number = run_id_or_none(run_value)
+        if number is None:
+            raise MedArtError("type the number of a run first")
+        return [list(row) for row in app.runner.trained_texts(number)]
+
+    texts_button.click(trained_on, run, texts, api_visibility="private")
+
+    @allow(app, ADMIN)
     def delete_run(run_value, sure, request: gr.Request):
         number = run_id_or_none(run_value)
         if number is None:
@@ -310,8 +327,8 @@ def build(app) -> Fill:
     def fill(request: gr.Request):
         labels = app.store.labels()
         counts = app.store.counts()
-        note = (f"Base model: `{as_text(app.generator.model_name or 'none')}`; generating with "
-                f"{'adapters `' + as_text(app.generator.lora) + '`' if app.generator.lora else 'no adapters'}. "
+        note = (f"Base model: {as_text(app.generator.model_name or 'none')}; generating with "
+                f"{'adapters ' + as_text(app.generator.lora) if app.generator.lora else 'no adapters'}. "
                 f"{counts['approved']} of {counts['total']} descriptions are approved. One run trains at a time; "
                 "others wait in the queue. Runs survive an app restart.")
         latest = app.runner.runs.all()
