@@ -148,6 +148,8 @@ def test_in_a_browser_start_a_run_watch_the_plot_and_switch_the_adapters(browser
     expect(progress).not_to_contain_text("step 0 /", timeout=120_000)
     if UPDATE:
         expect(page.locator("#train-validation img").first).to_be_visible(timeout=300_000)
+        page.wait_for_function("() => [...document.querySelectorAll('#train-validation img')]"
+                               ".every(img => img.complete && img.naturalWidth > 0)")
         expect(progress).to_contain_text("(running)")
         shutil.copyfile(screenshot(page, "train-running"), README_SCREENSHOT)
     assert eventually(lambda: page.locator("#train-plot").screenshot() != empty_plot)  # it filled in while training
@@ -160,7 +162,7 @@ def test_in_a_browser_start_a_run_watch_the_plot_and_switch_the_adapters(browser
     page.get_by_role("tab", name="Generate").click()
     page.locator("#prompt textarea").fill("An axial T1-weighted brain MRI slice")
     page.locator("#generate-button").click()
-    expect(page.locator("#generate-status")).to_contain_text(str(run.output))  # the status line names them
+    expect(page.locator("#generate-status")).to_contain_text(str(run.output), timeout=120_000)  # names them
     screenshot(page, "generate-with-adapters")
     page.close()
 
