@@ -157,6 +157,20 @@ def test_in_a_browser_start_a_run_watch_the_plot_and_switch_the_adapters(browser
     expect(page.locator("#train-validation")).to_contain_text("SYNTHETIC")
     [run] = app.runner.runs.all()
 
+    # Before / after: the same prompt and seeds with the base and with the run's adapters.
+    page.get_by_text("Before / after: the same prompts and seeds").click()
+    page.locator("#train-before-after").click()
+    expect(page.locator("#train-compared")).to_contain_text("after", timeout=120_000)
+    expect(page.locator("#train-after")).to_contain_text("SYNTHETIC · after · seed 0")
+    [folder] = app.generated.glob(f"before-after-run-{run.id:04d}-*")
+    before, after = (pixels(folder / f"{side}-seed-0.png") for side in ("before", "after"))
+    from medart_core.synthetic import read_png_text
+
+    chunks = read_png_text(folder / "before-seed-0.png")
+    [base] = app.generator([chunks["prompt"]], [0], int(chunks["steps"]), float(chunks["guidance"]))  # no adapters
+    assert np.abs(before - np.asarray(base, dtype=np.int16)).max() <= 1  # "before" is the base model's image
+    assert np.abs(before - after).max() > 0  # and the adapters change it
+
     page.locator("#train-use").click()
     assert eventually(lambda: app.generator.lora == str(run.output))
     page.get_by_role("tab", name="Generate").click()

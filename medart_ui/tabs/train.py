@@ -162,10 +162,12 @@ def build(app) -> Fill:
             count = gr.Slider(1, 8, value=2, step=1, label="Images per side")
             sample_steps = gr.Slider(1, 50, value=app.generator.defaults.steps, step=1, label="Steps")
         compare_button = gr.Button("Before / after", elem_id="train-before-after")
-        compared = gr.Markdown()
+        compared = gr.Markdown(elem_id="train-compared")
         with gr.Row():
-            before_gallery = gr.Gallery(label="Before: base model (SYNTHETIC)", columns=4, height=240)
-            after_gallery = gr.Gallery(label="After: with the run's adapters (SYNTHETIC)", columns=4, height=240)
+            before_gallery = gr.Gallery(label="Before: base model (SYNTHETIC)", columns=4, height=240,
+                                        elem_id="train-before")
+            after_gallery = gr.Gallery(label="After: with the run's adapters (SYNTHETIC)", columns=4, height=240,
+                                       elem_id="train-after")
     timer = gr.Timer(REFRESH_SECONDS, active=False)  # started at page load, for admins only
 
     def refreshed(run_value):
