@@ -30,11 +30,15 @@ def run_id_or_none(value) -> int | None:
 
 def settings_text(settings: dict) -> str:
     """The settings a run changed from its preset's, in one line."""
-    shown = {k: v for k, v in settings.items() if k not in ("preset", "descriptions") and v not in (0, 0.0, None)
-             and not (k == "processes" and v == 1)}
-    if not settings.get("hldf", True):
+    usual = {"hldf": True, "processes": 1}
+    shown = {}
+    for key, value in settings.items():
+        preset_own = value is None or (not isinstance(value, bool) and value == 0)  # 0 / None: the preset's
+        if key in ("preset", "descriptions") or (key in usual and value == usual[key]) or preset_own:
+            continue
+        shown[key] = value
+    if not settings.get("hldf", True):  # HLDF off: its other settings do not apply
         shown = {k: v for k, v in shown.items() if not k.startswith("hldf_")} | {"hldf": "off"}
-    shown.pop("hldf", None) if shown.get("hldf") is True else None
     return ", ".join(f"{k} {v}" for k, v in shown.items()) or "the preset's"
 
 
