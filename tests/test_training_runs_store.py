@@ -94,3 +94,23 @@ def test_after_a_restart_only_the_same_live_process_is_followed(tmp_path, tiny_p
         assert rows["gone"] not in {r.id for r in runs.all()}
         with pytest.raises(Exception, match="cancel it before deleting"):
             runner.delete(rows["alive"])
+
+
+def test_run_settings_become_the_trainers_options_at_the_base_models_own_size(tiny_pipeline_dir):
+    from finetune.config import load_config
+    from medart_core.errors import MedArtError
+    from medart_ui.training_runner import PRESETS, RunSettings, native_resolution
+
+    assert native_resolution(str(tiny_pipeline_dir)) == 32
+    assert native_resolution("PixArt-alpha/PixArt-XL-2-1024-MS") == 1024
+    options = RunSettings(preset="paper", steps=5, hldf=False).checked().train_options(32)
+    assert options == ["--max_train_steps", "5", "--resolution", "32", "--hldf_every", "0"]
+    config = load_config(["--config", str(PRESETS["paper"]), *options])
+    assert (config.max_train_steps, config.resolution, config.hldf_every) == (5, 32, 0)
+    own = RunSettings(resolution=128, t5_lora=True, rank=2).checked().train_options(32)
+    assert own == ["--lora_rank", "2", "--resolution", "128", "--train_text_encoder_lora", "true"]
+    for bad, message in (({"steps": 3, "epochs": 2}, "steps or epochs"), ({"hldf": "yes"}, "true or false"),
+                         ({"steps": -1}, "between 0"), ({"learning_rate": float("nan")}, "finite"),
+                         ({"descriptions": "some"}, "approved or all")):
+        with pytest.raises(MedArtError, match=message):
+            RunSettings(**bad).checked()
