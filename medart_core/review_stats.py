@@ -67,8 +67,9 @@ def _history_by_image(store: ReviewStore):
 
 
 def reviewer_figures(by_image, versions) -> dict:
-    """Per person: images done (acted on), approvals, flags, edits (independent versions included),
-    and the median seconds between their consecutive actions, each gap capped at GAP_CAP_SECONDS."""
+    """Per person: images done (acted on), approvals, flags, edits (independent versions included:
+    accepting the draft unchanged counts as an approval), and the median seconds between their
+    consecutive actions, each gap capped at GAP_CAP_SECONDS (bulk replacements left out)."""
     counts = defaultdict(lambda: {"images": set(), "approved": 0, "flagged": 0, "edited": 0, "times": []})
     for key, (_, history) in by_image.items():
         for rev in history:
@@ -76,7 +77,8 @@ def reviewer_figures(by_image, versions) -> dict:
                 continue
             person = counts[rev.author]
             person["images"].add(key)
-            person["times"].append(rev.created_at)
+            if rev.action != "replace":  # a bulk replace stamps many images at once: no time per image
+                person["times"].append(rev.created_at)
             person["approved" if rev.action == "approve" else "flagged" if rev.action == "flag" else "edited"] += 1
     for version in versions:
         person = counts[version.author]
@@ -190,4 +192,9 @@ def stats_figure(stats: dict):
         pairs = stats["words"][field][::-1]
         axes.barh([w for w, _ in pairs], [n for _, n in pairs], color=colour)
         axes.set_title(f"Words reviewers most often {field}")
+    for axes, empty in ((work, not people), (per_class, not by_label), (removed, not stats["words"]["removed"]),
+                        (added, not stats["words"]["added"])):
+        if empty:
+            axes.set_axis_off()
+            axes.text(0.5, 0.5, "nothing approved or reviewed yet", ha="center", va="center", color="grey")
     return figure

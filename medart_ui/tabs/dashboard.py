@@ -27,7 +27,7 @@ def summary_text(stats: dict) -> str:
     return (f"**Draft edits** (descriptions with an approval of their current text, against the captioner's draft): "
             f"{drafts['images']} images, mean normalised edit distance **{_number(drafts['mean_edit_distance'])}**, "
             f"{drafts['unchanged']} approved unchanged.  \n"
-            f"**Independent reading**: {agreement['images']} images read by two or more; {kappa} on the decision "
+            f"**Independent reading**: {agreement['images']} image(s) read by two or more; {kappa} on the decision "
             f"(accept / edit / flag); versions' mean edit distance {_number(agreement['version_edit_distance'])}, "
             f"token F1 {_number(agreement['version_token_f1'])}.")
 
