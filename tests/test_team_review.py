@@ -170,6 +170,11 @@ def test_independent_versions_stay_outside_until_adjudicated(store, tmp_path):
     a = team.submit_version(store, key, draft.text, revision=draft.revision, author="alice")
     b = team.submit_version(store, key, "A fundus image with a pale disc", revision=draft.revision, author="bob")
     assert (a.decision, b.decision) == ("accept", "edit")
+    with pytest.raises(MedArtError, match="being read independently"):  # the draft stays as the readers found it
+        store.save(key, "An edit meanwhile", revision=draft.revision, author="carol")
+    with pytest.raises(MedArtError, match="being read independently"):
+        store.approve(key, revision=draft.revision, author="carol")
+    assert not team.preview_replace(store, [key], "image", "photo")
     with pytest.raises(MedArtError, match="already submitted"):
         team.submit_version(store, key, "again", revision=draft.revision, author="bob")
     assert team.queue(store, "alice") == [] and team.queue(store, "bob") == []
@@ -184,6 +189,9 @@ def test_independent_versions_stay_outside_until_adjudicated(store, tmp_path):
     assert team.awaiting_adjudication(store) == []
     kept = team.all_versions(store)
     assert [(v.author, v.adjudicated_revision) for v in kept] == [("alice", settled.number), ("bob", settled.number)]
+    assert store.approve(key, revision=settled.number, author="carol").status == "partly-approved"
+    with pytest.raises(MedArtError, match="no longer being read independently"):
+        team.submit_version(store, key, "late", revision=settled.number, author="alice")
 
 
 def test_bulk_replace_previews_applies_as_revisions_and_is_refused_whole_when_stale(store):

@@ -68,6 +68,7 @@ class Entry:
     rule: str = ""
     updated_at: datetime | None = None
     text_revision: int = 1  # the revision that wrote the current text
+    independent_reading: bool = False  # waiting for independent versions and their adjudication
 
 
 class StaleRevisionError(MedArtError):
@@ -100,7 +101,7 @@ def _revision(row) -> Revision:
 def _entry(row) -> Entry:
     return Entry(row.key, row.split, row.file_name, Path(row.path), row.content_hash, row.label, row.simple_caption,
                  row.source_file, row.slice, dict(row.extra or {}), row.current_revision, row.status, row.text,
-                 row.source, row.rule, _as_utc(row.updated_at), row.text_revision)
+                 row.source, row.rule, _as_utc(row.updated_at), row.text_revision, row.independent_reading)
 
 
 def status_after_text(source: str) -> str:
@@ -247,7 +248,7 @@ class ReviewStore:
         seen, author = check_revision(revision), _author(author)
         stamp = now()
         guarded = (update(images).where(images.c.key == key, images.c.text_revision <= seen,
-                                        images.c.current_revision >= seen)
+                                        images.c.current_revision >= seen, images.c.independent_reading.is_(False))
                    .values(current_revision=images.c.current_revision + 1, updated_at=stamp)
                    .returning(images.c.id, images.c.current_revision, images.c.text, images.c.source, images.c.rule))
         with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
@@ -327,16 +328,22 @@ class ReviewStore:
         return written
 
     def _guarded(self, key: str, seen: int, status: str, stamp: datetime, text: str | None = None,
-                 source: str | None = None, rule: str | None = None, *, new_reading: bool = False):
+                 source: str | None = None, rule: str | None = None, *, new_reading: bool = False,
+                 settles_reading: bool = False):
         """The UPDATE that moves an image from revision `seen` to the next, or matches nothing if
-        it is no longer at `seen` (optimistic concurrency)."""
+        it is no longer at `seen` (optimistic concurrency) or is being read independently (only
+        the adjudication, `settles_reading`, or a changed image file, `new_reading`, goes through)."""
         values = {"current_revision": seen + 1, "status": status, "updated_at": stamp}
         if text is not None:
             values |= {"text": text, "source": source, "rule": rule or ""}
         if text is not None or new_reading:  # approvals of what was read before no longer count
             values["text_revision"] = seen + 1
-        return (update(images).where(images.c.key == key, images.c.current_revision == seen).values(**values)
-                .returning(images.c.id, images.c.text, images.c.source, images.c.rule))
+        query = update(images).where(images.c.key == key, images.c.current_revision == seen)
+        if settles_reading:
+            values["independent_reading"] = False
+        elif not new_reading:
+            query = query.where(images.c.independent_reading.is_(False))
+        return query.values(**values).returning(images.c.id, images.c.text, images.c.source, images.c.rule)
 
     @staticmethod
     def _insert_revision(conn, image_id: int, new: Revision) -> None:
@@ -351,7 +358,8 @@ class ReviewStore:
         transaction (e.g. to mark independent versions adjudicated)."""
         author, seen = _author(author), check_revision(seen)
         stamp = now()
-        guarded = self._guarded(key, seen, status, stamp, text, source, rule, new_reading=action == "rehash")
+        guarded = self._guarded(key, seen, status, stamp, text, source, rule, new_reading=action == "rehash",
+                                settles_reading=action == "adjudicate")
         with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             row = conn.execute(guarded).first()
             if row is not None:
@@ -367,6 +375,9 @@ class ReviewStore:
         entry = self.get(key)  # raises for an unknown image
         if seen > entry.revision or seen < 1:
             raise MedArtError(f"{key} has no revision {seen} (its current revision is {entry.revision})")
+        if entry.independent_reading and (entry.text_revision <= seen if text_only else entry.revision == seen):
+            raise MedArtError(f"{key} is being read independently: its readers submit their own versions (Review "
+                              "tab, 'Independent reading'); it can be edited or approved once an admin adjudicates")
         # An approval is refused only for a new text: name the revision that wrote it, not a later approval.
         raise StaleRevisionError(key, seen, self.revision(key, entry.text_revision if text_only else entry.revision))
 

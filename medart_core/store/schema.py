@@ -44,6 +44,9 @@ images = Table(
     # The revision that wrote the current text (or saw the image file change): an approval made on
     # an earlier one read another text and is refused; approvals after it are counted.
     Column("text_revision", Integer, nullable=False, default=1),
+    # Assigned for independent double reading and not yet adjudicated: the description stays the
+    # readers' common draft (no edit, approval or flag) until an admin adjudicates.
+    Column("independent_reading", Boolean, nullable=False, default=False),
 )
 Index("ix_images_status", images.c.status)
 Index("ix_images_label", images.c.label)

@@ -97,6 +97,8 @@ def assign(store: ReviewStore, keys: list[str], reviewers: list[str], *, mode: s
                 "created_at": stamp} for key, reviewer in pairs if (ids[key], reviewer) not in taken]
         if new:
             conn.execute(insert(assignments), new)
+        if independent:  # the draft stays as the readers found it until an admin adjudicates
+            conn.execute(update(images).where(images.c.id.in_(ids.values())).values(independent_reading=True))
     return len(new)
 
 
@@ -172,6 +174,8 @@ def submit_version(store: ReviewStore, key: str, text: str, *, revision: int, au
     if not independent_for(store, key, author):
         raise MedArtError(f"{key} is not assigned to {author} for independent reading")
     entry = store.get(key)
+    if not entry.independent_reading:
+        raise MedArtError(f"{key} is no longer being read independently (an admin adjudicated it); edit it as usual")
     if entry.text_revision > seen or seen > entry.revision:
         raise StaleRevisionError(key, seen, store.revision(key, entry.text_revision))
     draft = store.revision(key, seen).text
@@ -216,7 +220,7 @@ def adjudicate(store: ReviewStore, key: str, text: str, *, revision: int, author
     one) becomes the description's next revision, made on `revision` like any change, and every
     waiting version is marked with it (kept, never deleted)."""
     waiting = pending_versions(store, key)
-    if not waiting:
+    if not waiting and not store.get(key).independent_reading:
         raise MedArtError(f"{key} has no versions waiting for adjudication")
     text = check_text(text, f"the description of {key}")
     if not text:
@@ -227,7 +231,7 @@ def adjudicate(store: ReviewStore, key: str, text: str, *, revision: int, author
         conn.execute(update(versions).where(versions.c.id.in_(ids), versions.c.adjudicated_revision.is_(None))
                      .values(adjudicated_revision=new.number))
 
-    names = ", ".join(sorted({v.author for v in waiting}))
+    names = ", ".join(sorted({v.author for v in waiting})) or "nobody (no version came)"
     return store._append(key, revision, author=author, action="adjudicate", status="edited", text=text,
                          source=HUMAN, reason=f"adjudicated the versions of {names}", then=settle)
 
@@ -236,12 +240,13 @@ def adjudicate(store: ReviewStore, key: str, text: str, *, revision: int, author
 
 def preview_replace(store: ReviewStore, keys: list[str], find: str, replacement: str) -> list[Change]:
     """What replacing `find` by `replacement` (literally, case-sensitive) would change in the
-    descriptions of `keys`: one Change per description that holds `find`."""
+    descriptions of `keys`: one Change per description that holds `find`; images being read
+    independently are left out (their draft must stay as the readers found it)."""
     if not find:
         raise MedArtError("say what to find")
     wanted = set(keys)
     return [Change(e.key, e.revision, e.text, e.text.replace(find, replacement))
-            for e in store.entries() if e.key in wanted and find in e.text]
+            for e in store.entries() if e.key in wanted and find in e.text and not e.independent_reading]
 
 
 def apply_replace(store: ReviewStore, previewed: list[tuple[str, int]], find: str, replacement: str, *,

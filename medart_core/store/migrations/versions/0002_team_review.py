@@ -16,6 +16,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("images", sa.Column("text_revision", sa.Integer, nullable=False, server_default="1"))
+    op.add_column("images", sa.Column("independent_reading", sa.Boolean, nullable=False, server_default=sa.false()))
     # The last revision that wrote text (every action but approve and flag does, or re-read the file).
     op.execute("UPDATE images SET text_revision = (SELECT max(r.number) FROM revisions r WHERE r.image_id = images.id "
                "AND r.action NOT IN ('approve', 'flag')) WHERE EXISTS (SELECT 1 FROM revisions r "
@@ -65,4 +66,5 @@ def downgrade() -> None:
     op.drop_table("versions")
     op.drop_table("assignments")
     with op.batch_alter_table("images") as batch:
+        batch.drop_column("independent_reading")
         batch.drop_column("text_revision")
