@@ -45,14 +45,16 @@ def edit_all(store: ReviewStore, keys: list[str], editor: str, start: threading.
     return outcomes
 
 
-def edit_with_threads(db: str, keys: list[str], editors: list[str]) -> list[dict]:
-    """One store (one engine, one connection pool) shared by a thread per editor, as in the app."""
+def edit_with_threads(db: str, keys: list[str], editors: list[str], walk=None, **store_options) -> list[dict]:
+    """One store (one engine, one connection pool) shared by a thread per editor, as in the app;
+    each thread runs `walk` (default edit_all) over the keys."""
     results, errors = {}, []
     start = threading.Barrier(len(editors))
-    with ReviewStore(db) as store:
+    walk = walk or edit_all
+    with ReviewStore(db, **store_options) as store:
         def work(editor):
             try:
-                results[editor] = edit_all(store, keys, editor, start)
+                results[editor] = walk(store, keys, editor, start)
             except BaseException as err:  # an unexpected error must fail the test, not vanish in a thread
                 errors.append(f"{editor}: {type(err).__name__}: {err}")
         threads = [threading.Thread(target=work, args=(e,)) for e in editors]
@@ -257,21 +259,7 @@ def review_all(store: ReviewStore, keys: list[str], reviewer: str, start: thread
 
 
 def review_with_threads(db: str, keys: list[str], reviewers: list[str]) -> list[dict]:
-    results, errors = {}, []
-    start = threading.Barrier(len(reviewers))
-    with ReviewStore(db, approvals_required=APPROVALS) as store:
-        def work(reviewer):
-            try:
-                results[reviewer] = review_all(store, keys, reviewer, start)
-            except BaseException as err:
-                errors.append(f"{reviewer}: {type(err).__name__}: {err}")
-        threads = [threading.Thread(target=work, args=(r,)) for r in reviewers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
-    assert not errors, errors
-    return [o for r in reviewers for o in results[r]]
+    return edit_with_threads(db, keys, reviewers, review_all, approvals_required=APPROVALS)
 
 
 def check_approvals_and_edits(db: str, keys: list[str], outcomes: list[dict]) -> dict:
