@@ -59,6 +59,10 @@ def test_queue_double_reading_bulk_replace_and_dashboard_in_a_browser(browser, t
     bob.locator("#next-button").click()  # the queue moves on: the first image is done
     expect(bob.locator("#entry-details")).to_contain_text(double[1])
     screenshot(bob, "team-queue")
+    admin.reload()  # alice reads it too: she sees no other version before submitting her own
+    admin.get_by_role("tab", name="Team").click()
+    expect(admin.locator("#versions")).to_contain_text("submit your own version")
+    expect(admin.locator("#versions")).not_to_contain_text("Bob sees drusen")
     team.submit_version(store, double[0], draft, revision=store.get(double[0]).revision, author="alice")
 
     # The admin adjudicates in the Team tab with a merged text.

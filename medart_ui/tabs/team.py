@@ -38,11 +38,15 @@ def progress_rows(app) -> list[list]:
     return [[name, f["assigned"], f["done"], f["left"]] for name, f in team.progress(app.store).items()]
 
 
-def versions_view(app, key: str | None):
-    """(versions table, version choices, revision to adjudicate on) of one image."""
+def versions_view(app, key: str | None, user: str):
+    """(versions table, version choices, revision to adjudicate on) of one image. An admin who is
+    one of its independent readers sees no other version before submitting their own."""
     if not key:
         return [], gr.update(choices=[], value=None), 0
     waiting = team.pending_versions(app.store, key)
+    if team.independent_for(app.store, key, user) and user not in {v.author for v in waiting}:
+        return ([["—", as_text(user), "—", "You read this image independently: submit your own version (Review tab) "
+                  "before you see the others'.", "", ""]], gr.update(choices=[], value=None), app.store.get(key).revision)
     rows = [[v.id, v.author, v.decision, v.text, v.reason, f"{v.created_at:%Y-%m-%d %H:%M:%S}"] for v in waiting]
     return rows, gr.update(choices=[(f"{v.id}: {v.author} ({v.decision})", v.id) for v in waiting], value=None), \
         app.store.get(key).revision
@@ -94,7 +98,7 @@ def build(app) -> Fill:
         first = team.awaiting_adjudication(app.store)
         return (current.text if current else "", guidelines_rows(), gr.update(choices=staff_names(app)),
                 gr.update(choices=["all"] + app.store.labels()), progress_rows(app), waiting_update(),
-                *versions_view(app, first[0] if first else None))
+                *versions_view(app, first[0] if first else None, app.author(request)))
 
     @admin
     def on_save_guidelines(markdown, request: gr.Request):
@@ -113,13 +117,17 @@ def build(app) -> Fill:
 
     @admin
     def on_waiting(key, request: gr.Request):
-        return versions_view(app, key)
+        return versions_view(app, key, app.author(request))
 
     waiting.change(on_waiting, waiting, [versions, pick, on_revision], api_visibility="private")
 
     @admin
     def on_pick(key, version_id, request: gr.Request):
-        chosen = next((v for v in team.pending_versions(app.store, key or "") if v.id == version_id), None)
+        user = app.author(request)
+        waiting = team.pending_versions(app.store, key or "")
+        if key and team.independent_for(app.store, key, user) and user not in {v.author for v in waiting}:
+            raise MedArtError("you read this image independently: submit your own version first")
+        chosen = next((v for v in waiting if v.id == version_id), None)
         return chosen.text if chosen else gr.skip()
 
     pick.change(on_pick, [waiting, pick], decided, api_visibility="private")
@@ -131,7 +139,8 @@ def build(app) -> Fill:
         new = team.adjudicate(app.store, key, chosen_text, revision=seen, author=app.author(request))
         following = waiting_update()
         return (f"{as_text(key)}: revision {new.number} by {as_text(new.author)} is its description now; the "
-                "versions are kept.", following, *versions_view(app, following["value"]), progress_rows(app))
+                "versions are kept.", following, *versions_view(app, following["value"], app.author(request)),
+                progress_rows(app))
 
     adjudicate_button.click(on_adjudicate, [waiting, decided, on_revision],
                             [adjudicated, waiting, versions, pick, on_revision, progress], api_visibility="private")
