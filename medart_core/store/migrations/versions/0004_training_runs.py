@@ -1,14 +1,15 @@
 """Training runs launched from the app (issue 19): the runs and the description revisions each trained on.
 
 Revision ID: 0004
-Revises: 0001 (relinked after the team-review and reader-study migrations when the branches merge)
+Revises: 0002 (the team review's, now on main; relinked to 0003, the reader study's, when that branch lands).
+Creates its own tables only and alters none, so its place in the chain changes nothing in it.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
