@@ -114,3 +114,14 @@ def test_run_settings_become_the_trainers_options_at_the_base_models_own_size(ti
                          ({"descriptions": "some"}, "approved or all")):
         with pytest.raises(MedArtError, match=message):
             RunSettings(**bad).checked()
+
+
+def test_a_checkpoint_being_written_is_not_listed(tmp_path):
+    """The app lists a run's checkpoints while the trainer writes one as checkpoint-N.partial (the
+    status endpoint failed with an internal error when it caught one mid-write)."""
+    from finetune.checkpoints import STATE_FILE, list_checkpoints
+
+    for name in ("checkpoint-10", "checkpoint-20.partial", "checkpoint-3"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        (tmp_path / "checkpoints" / name / STATE_FILE).write_bytes(b"")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-10"]
