@@ -27,7 +27,7 @@ def build_demo(app):
         notices = gr.Markdown()  # warnings name data files: filled at load, for staff only
         signed_in = gr.Markdown()
         built = []
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             for module in TABS:
                 with gr.Tab(module.TITLE, id=module.ID, visible=False) as tab:
                     built.append((module, tab, module.build(app)))
@@ -38,7 +38,8 @@ def build_demo(app):
         def on_load(values: dict, request: gr.Request):
             role = app.role(request)
             shown = app.warnings if role != READER else []
-            updates = ["\n\n".join(f"**Warning:** {as_text(w)}" for w in shown), greeting(app, request)]
+            updates = ["\n\n".join(f"**Warning:** {as_text(w)}" for w in shown), greeting(app, request),
+                       gr.Tabs(selected=next((m.ID for m, _, _ in built if role in m.ROLES), None))]  # e.g. a reader's
             for module, _, fill in built:
                 visible = role in module.ROLES
                 updates.append(gr.Tab(visible=visible))
@@ -49,7 +50,7 @@ def build_demo(app):
                     updates += [gr.skip()] * len(fill.outputs)
             return tuple(updates)
 
-        outputs = [notices, signed_in]
+        outputs = [notices, signed_in, tabs]
         for _, tab, fill in built:
             outputs += [tab, *fill.outputs]
         demo.load(on_load, inputs, outputs, api_visibility="private")

@@ -233,7 +233,10 @@ def call_each_endpoint(client, opened, key: str) -> dict:
              "save_description": lambda: (key, "A histology tile, edited through the API.", current()),
              "approve": lambda: (key, current()), "flag": lambda: (key, "check the stain", current()),
              "export": lambda: ("approved only",), "generate": lambda: ("A fundus photograph", 0, 2, 4.5, 1),
-             "compare": lambda: ("fundus", "", 1, 2)}
+             "compare": lambda: ("fundus", "", 1, 2),
+             "create_study": lambda: ("roles study", 1, 1, [READER], 0, ["fundus"], None, False),
+             "next_trial": lambda: ("roles study",), "study_results": lambda: ("roles study",),
+             "answer_trial": lambda: ("roles study", "0" * 16, "real", 3, 3, "", None)}
     results = {}
     for name, arguments in calls.items():
         try:

@@ -112,7 +112,8 @@ def test_review_generate_compare_in_a_browser(browser, site):
     page.close()
 
 
-TABS_OF_ROLE = {"admin": ["Review", "Generate", "Compare"], "reviewer": ["Review", "Generate", "Compare"], "reader": []}
+STAFF_TABS = ["Review", "Generate", "Compare", "Reader study"]
+TABS_OF_ROLE = {"admin": STAFF_TABS, "reviewer": STAFF_TABS, "reader": ["Reader study"]}
 
 
 @pytest.mark.slow

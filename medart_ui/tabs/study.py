@@ -152,7 +152,7 @@ def build(app) -> Fill:
             comment = gr.Textbox(label="Comment (optional)", elem_id="study-comment")
             submit = gr.Button("Submit answer", variant="primary", elem_id="study-submit")
 
-    with gr.Accordion("Create a study (admin)", open=False, visible=False) as create_box:
+    with gr.Accordion("Create a study (admins)", open=False, visible=False) as create_box:
         with gr.Row():
             new_name = gr.Textbox(label="Study name", elem_id="new-study-name")
             new_classes = gr.Dropdown([], multiselect=True, label="Classes (empty: all)")
@@ -166,7 +166,7 @@ def build(app) -> Fill:
         new_match = gr.Checkbox(label="Also ask: does the image match its description? (the description is shown)")
         create = gr.Button("Create study", elem_id="create-study")
         created = gr.Markdown(elem_id="created-study")
-    with gr.Accordion("Results (admin)", open=False, visible=False) as results_box:
+    with gr.Accordion("Results (admins)", open=False, visible=False) as results_box:
         with gr.Row():
             result_study = gr.Dropdown([], label="Study", elem_id="results-study", scale=3)
             show = gr.Button("Show results", elem_id="show-results", scale=1)
