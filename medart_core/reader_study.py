@@ -194,7 +194,8 @@ def create_study(store, name: str, real_per_class, synthetic_per_class, readers:
             synthetic = synthetic_from_folder(synthetic_dir, classes, n_synthetic, seed, into, modality)
         else:
             if synthesize is None:
-                raise MedArtError("no model to generate synthetic images with: load one (--model) or give synthetic_dir")
+                raise MedArtError("no model to generate synthetic images with: load one (--model) or give "
+                                  "synthetic_dir")
             synthetic = synthetic_generated(store, classes, n_synthetic, seed, into, synthesize, modality, progress)
         images = real + synthetic
         trials = studies.create(name, seed=seed, classes=classes, ask_match=ask_match, size=study_size(images),

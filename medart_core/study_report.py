@@ -93,7 +93,7 @@ def per_class_plot(per_class: dict, path: Path) -> Path:
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (95% Wilson interval)")
-    ax.set_title("Real vs synthetic: accuracy per class, all readers")
+    ax.set_title("Accuracy per class, all readers")
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -160,8 +160,9 @@ def study_results(rows: list[dict], readers: list[dict], seed: int = 0) -> dict:
         per_reader[user] = entry
     per_class = {}
     for label, class_rows in sorted(by_class.items()):
+        readers_of_class = sorted(_group(class_rows, "reader").items())
         per_class[label] = figures(class_rows, seed) | {
-            "accuracy_by_reader": {u: figures(r, seed)["accuracy"] for u, r in sorted(_group(class_rows, "reader").items())}}
+            "accuracy_by_reader": {user: figures(r, seed)["accuracy"] for user, r in readers_of_class}}
     answers = {user: {r["image"]: r["answer"] for r in user_rows} for user, user_rows in by_reader.items()}
     return {"readers": per_reader, "pooled": figures(rows, seed), "agreement": agreement(answers),
             "per_class": per_class, "realism": realism(rows)}

@@ -122,7 +122,7 @@ class App:
 
     @property
     def study_copies(self) -> Path:
-        """Blinded copies served to reader-study readers (medart_ui/files.py serves each to its reader only)."""
+        """Blinded copies for reader-study readers (medart_ui/files.py serves each to its reader only)."""
         return self.home / "study-copies"
 
     @property

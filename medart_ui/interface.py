@@ -81,7 +81,7 @@ def launch_options(app, args: argparse.Namespace) -> dict:
     return {"server_name": args.host, "server_port": args.port, "auth": sign_in_check(app),
             "max_file_size": MAX_UPLOAD_BYTES, "show_error": False,  # uploads bounded; no exception text shown
             "auth_message": AUTH_MESSAGE if app.signin.required else None,
-            "allowed_paths": app.served_folders(), "head": review.KEYBOARD, "css": review.CSS,
+            "allowed_paths": app.served_folders(), "head": review.KEYBOARD, "css": review.CSS + study.CSS,
             "app_kwargs": {"middleware": [Middleware(FilesByRole, app=app)]}}
 
 

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from test_app import credentials
-from test_browser import browser, screenshot, sign_in, site  # noqa: F401 (fixtures)
+from test_browser import browser, screenshot, sign_in, site  # noqa: F401 (fixtures used by name)
 
 
 @pytest.mark.slow
@@ -20,7 +20,8 @@ def test_a_reader_answers_to_the_end_and_the_admin_downloads_the_results(browser
 
     url, opened = site
     admin = Client(url, auth=credentials("alice"), verbose=False)
-    admin.predict("browser study", 1, 1, ["carol"], 3, ["fundus", "histology-ihc"], None, False, api_name="/create_study")
+    admin.predict("browser study", 1, 1, ["carol"], 3, ["fundus", "histology-ihc"], None, False,
+                  api_name="/create_study")
 
     reader = browser.new_context(viewport={"width": 1300, "height": 900})
     page = reader.new_page()

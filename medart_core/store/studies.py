@@ -309,7 +309,7 @@ class Studies:
         """Every answer of the study with its truth, reader and image, in reader then position order."""
         study = self.get(name)
         query = (select(study_readers.c.reader, study_readers.c.expert_level, study_readers.c.blind,
-                        study_trials.c.position, study_trials.c.token, study_images.c.id.label("image"),
+                        study_trials.c.position, study_trials.c.token.label("trial"), study_images.c.id.label("image"),
                         study_images.c.kind, study_images.c.label, study_images.c.description,
                         study_images.c.path, study_images.c.modality, study_answers.c.answer,
                         study_answers.c.confidence, study_answers.c.realism, study_answers.c.matches,
