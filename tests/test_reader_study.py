@@ -357,3 +357,34 @@ def test_undefined_figures_are_null_with_a_reason():
     assert result["realism"]["p_value"] is None and result["realism"]["p_value_reason"]
     assert result["agreement"]["kappa"] is None
     json.dumps(result, allow_nan=False)
+
+
+def test_synthetic_images_can_come_from_a_generate_folder_and_must_be_marked(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    from medart_core.__main__ import main
+    from medart_core.reader_study import create_study
+    from medart_core.synthetic import is_marked_synthetic
+
+    generated = tmp_path / "gen"
+    assert main(["generate", "--model", str(tiny_pipeline_dir), "--prompt", "A colour fundus photograph",
+                 "--label", "fundus", "--n", "2", "--steps", "2", "--out", str(generated)]) == 0
+    with ReviewStore(tmp_path / "store.sqlite") as store:
+        import_dataset(store, DEMO, author="import")
+        readers = [Reader("carol", None, "reader"), Reader("bob", "radiologist", "reviewer")]
+        made = create_study(store, "from folder", 2, 2, readers, 0, home=tmp_path / "home", author="alice",
+                            classes=["fundus"], synthetic_dir=generated)
+        assert made == {"study": "from folder", "trials": 4}
+        assert [r["blind"] for r in Studies(store).readers("from folder")] == [False, True]  # bob, carol
+        kept = sorted((tmp_path / "home" / "studies").rglob("*.png"))
+        assert len(kept) == 2 and all(is_marked_synthetic(p) for p in kept)
+        unmarked = tmp_path / "unmarked"
+        shutil.copytree(DEMO / "test", unmarked)  # real images passed as synthetic by mistake
+        with pytest.raises(MedArtError, match="no SYNTHETIC text chunk"):
+            create_study(store, "wrong folder", 1, 1, readers, 0, home=tmp_path / "home", author="alice",
+                         classes=["fundus"], synthetic_dir=unmarked)
+        with pytest.raises(MedArtError, match="has 2 synthetic image"):
+            create_study(store, "too few", 1, 3, readers, 0, home=tmp_path / "home", author="alice",
+                         classes=["fundus"], synthetic_dir=generated)
+        assert Studies(store).names() == ["from folder"]
+        assert len(list((tmp_path / "home" / "studies").iterdir())) == 1  # a refused study leaves no files
