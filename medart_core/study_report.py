@@ -53,6 +53,14 @@ def rating_rows(answers: list[dict]) -> list[dict]:
             for a in answers if a["kind"] == POSITIVE]
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
 def roc_plot(answers: list[dict], path: Path) -> Path:
     from sklearn.metrics import roc_curve
 
@@ -72,11 +80,7 @@ def roc_plot(answers: list[dict], path: Path) -> Path:
     ax.set_ylabel("sensitivity (synthetic called synthetic)")
     ax.set_title("ROC of the confidence-weighted answer")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def per_class_plot(per_class: dict, path: Path) -> Path:
@@ -95,11 +99,7 @@ def per_class_plot(per_class: dict, path: Path) -> Path:
     ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.set_title("Accuracy per class, all readers")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_report(store, name: str, out: str | Path) -> dict[str, Path]:
