@@ -388,3 +388,17 @@ def test_synthetic_images_can_come_from_a_generate_folder_and_must_be_marked(tin
                          classes=["fundus"], synthetic_dir=generated)
         assert Studies(store).names() == ["from folder"]
         assert len(list((tmp_path / "home" / "studies").iterdir())) == 1  # a refused study leaves no files
+
+
+def test_a_copy_made_for_a_trial_answered_meanwhile_is_deleted_not_served(tmp_path):
+    """Two tabs: one shows the trial while the other answers it; the late copy must not stay servable."""
+    from medart_core.reader_study import blinded_copy
+
+    with ReviewStore(tmp_path / "store.sqlite") as store:
+        little_study(store, tmp_path)
+        studies = Studies(store)
+        trial = studies.next_trial("s", "carol")
+        studies.answer("s", "carol", trial.token, "real", 3, 3)
+        late = blinded_copy(trial.source, trial.size, tmp_path / "copies" / f"{trial.copy_name}.png")
+        assert studies.record_copies(trial.token, late, None) is False
+        assert not late.exists() and studies.served_files("carol") == set()

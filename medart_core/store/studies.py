@@ -230,11 +230,17 @@ class Studies:
                      Path(row.path), row.copy_name, study.size, row.copy_path and Path(row.copy_path),
                      row.cache_path and Path(row.cache_path))
 
-    def record_copies(self, token: str, copy_path: Path, cache_path: Path | None) -> None:
-        """Remember the files served for a trial, to serve them to its reader only and delete them later."""
+    def record_copies(self, token: str, copy_path: Path, cache_path: Path | None) -> bool:
+        """Remember the files served for a trial, to serve them to its reader only and delete them
+        later. A trial answered meanwhile (from another tab) gets none: its files are deleted at once."""
+        answered = select(study_answers.c.trial_id)
         with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-            conn.execute(update(study_trials).where(study_trials.c.token == token).values(
-                copy_path=str(copy_path), cache_path=str(cache_path) if cache_path else None))
+            recorded = conn.execute(update(study_trials).where(
+                study_trials.c.token == token, study_trials.c.id.not_in(answered)).values(
+                copy_path=str(copy_path), cache_path=str(cache_path) if cache_path else None)).rowcount
+        if not recorded:
+            delete_files([copy_path, cache_path])
+        return bool(recorded)
 
     def answer(self, name: str, user: str | None, token, answer, confidence, realism, comment: str = "",
                matches=None) -> dict:
@@ -283,7 +289,8 @@ class Studies:
         query = (select(study_trials.c.copy_path, study_trials.c.cache_path)
                  .join(study_readers, study_readers.c.id == study_trials.c.reader_id)
                  .join(studies, studies.c.id == study_readers.c.study_id)
-                 .where(studies.c.state == "open", study_trials.c.copy_path.is_not(None)))
+                 .where(studies.c.state == "open", study_trials.c.copy_path.is_not(None),
+                        study_trials.c.id.not_in(select(study_answers.c.trial_id))))
         if user is not None:
             query = query.where(study_readers.c.reader == user)
         with self.engine.connect() as conn:

@@ -96,7 +96,8 @@ def serve_trial(app, name, user) -> dict:
     copy = trial.copy_path
     if copy is None or not copy.is_file():
         copy = blinded_copy(trial.source, trial.size, app.study_copies / str(trial.study_id) / f"{trial.copy_name}.png")
-        store.record_copies(trial.token, copy, Path(save_file_to_cache(copy, get_upload_folder())))
+        if not store.record_copies(trial.token, copy, Path(save_file_to_cache(copy, get_upload_folder()))):
+            return serve_trial(app, name, user)  # answered from another tab meanwhile: the next one
     return {"trial": trial.token, "position": trial.position, "total": trial.total, "image": str(copy),
             "description": trial.description, "done": False}
 
