@@ -4,9 +4,9 @@ shows each user the tabs of their role and fills them; and how the app is launch
 import argparse
 
 from medart_ui.shared import EVERYONE, READER, allow, as_text
-from medart_ui.tabs import compare, generate, review, study
+from medart_ui.tabs import compare, dashboard, generate, review, study, team
 
-TABS = (review, generate, compare, study)  # coming: team review, dashboard, training
+TABS = (review, generate, compare, team, dashboard, study)  # coming: training
 AUTH_MESSAGE = "Med-Art: sign in with your account; every edit records your name."
 
 

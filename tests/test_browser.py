@@ -112,8 +112,8 @@ def test_review_generate_compare_in_a_browser(browser, site):
     page.close()
 
 
-STAFF_TABS = ["Review", "Generate", "Compare", "Reader study"]
-TABS_OF_ROLE = {"admin": STAFF_TABS, "reviewer": STAFF_TABS, "reader": ["Reader study"]}
+TABS_OF_ROLE = {"admin": ["Review", "Generate", "Compare", "Team", "Dashboard", "Reader study"],
+                "reviewer": ["Review", "Generate", "Compare", "Reader study"], "reader": ["Reader study"]}
 
 
 @pytest.mark.slow

@@ -1,14 +1,14 @@
 """Reader study: studies, their readers, images, trials and answers (one answer per trial).
 
 Revision ID: 0003
-Revises: 0001 (relinked after 0002 when the team-review branch lands)
+Revises: 0002 (the team-review tables; this migration touches none of them)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
