@@ -240,6 +240,10 @@ def call_each_endpoint(client, opened, key: str) -> dict:
              "apply_replace": lambda: ("tile", "patch", []),
              "assign": lambda: (["bob"], "all", 1, "all", False), "adjudicate": lambda: (key, "Settled.", current()),
              "set_guidelines": lambda: ("# Guidelines",), "review_stats": lambda: (),
+             # Reader study (issue 18): an invitation is checked after the role, so its refusal is no "may not use".
+             "create_study": lambda: ("roles study", 1, 1, [READER], 0, ["fundus"], None, False),
+             "next_trial": lambda: ("roles study",), "study_results": lambda: ("roles study",),
+             "answer_trial": lambda: ("roles study", "0" * 16, "real", 3, 3, "", None),
              # training (issue 19): an admin's start is refused for its data, not its role, so no run starts here
              "start_training": lambda: ("quick", 1, True, "neither"), "training_status": lambda: (1,),
              "cancel_training": lambda: (1,), "resume_training": lambda: (1,), "use_adapters": lambda: ("",)}

@@ -1,7 +1,7 @@
 """Training runs launched from the app (issue 19): the runs and the description revisions each trained on.
 
 Revision ID: 0004
-Revises: 0002 (the team review's, now on main; relinked to 0003, the reader study's, when that branch lands).
+Revises: 0003 (the reader study's, which follows the team review's 0002).
 Creates its own tables only and alters none, so its place in the chain changes nothing in it.
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
