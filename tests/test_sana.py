@@ -228,3 +228,17 @@ def test_weighting_scheme_is_refused_for_pixart_and_checked_by_name(tiny_pipelin
         training_objective(PIXART_ALPHA, scheduler.config, weighting_scheme="logit_normal")
     with pytest.raises(MedArtError, match="weighting_scheme must be one of none, sigma_sqrt"):
         load_config(["--data", "d", "--weighting_scheme", "logit-normal"])
+
+
+def test_bf16_generation_keeps_fp32_latents_as_sana_pipeline_does(tiny_sana_dir):
+    """SanaPipeline samples fp32 latents and casts only the transformer's input (PixArt's keep the
+    transformer's dtype): in bf16 the two loops then give the same image."""
+    from diffusers import SanaPipeline
+
+    model = load_pipeline(tiny_sana_dir, precision=Precision(torch.device("cpu"), torch.bfloat16, torch.bfloat16))
+    ours = sana_images(model, PROMPTS, (3, 4))
+    stock = SanaPipeline.from_pretrained(tiny_sana_dir, torch_dtype=torch.bfloat16)
+    stock.set_progress_bar_config(disable=True)
+    theirs = stock(PROMPTS, generator=[torch.Generator("cpu").manual_seed(s) for s in (3, 4)], num_inference_steps=4,
+                   guidance_scale=4.5, height=32, width=32, use_resolution_binning=False, output_type="np").images
+    assert np.abs(ours - theirs).max() <= 2 / 255
