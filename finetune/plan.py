@@ -55,6 +55,18 @@ def read_component_configs(model: str) -> tuple[Base, dict[str, dict]]:
                       f"{', '.join(PRESETS)} (or pass --model with a local save_pretrained folder)")
 
 
+def vae_scale_factor(vae_config) -> int:
+    """Pixels per latent pixel of a VAE config: a KL VAE's `block_out_channels`, DC-AE's encoder's."""
+    channels = vae_config.get("block_out_channels") or vae_config["encoder_block_out_channels"]
+    return 2 ** (len(channels) - 1)
+
+
+def native_resolution(model: str) -> int:
+    """The image size a model folder (or preset) generates by default: transformer sample size x VAE scale."""
+    _, configs = read_component_configs(model)
+    return configs["transformer"]["sample_size"] * vae_scale_factor(configs["vae"])
+
+
 def empty_models(configs: dict[str, dict], base: Base = PIXART_ALPHA):
     """The base's three models with the right shapes and no data (meta device): instant even for T5-XXL."""
     import diffusers
@@ -233,7 +245,7 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
     transformer, vae, text_encoder = empty_models(configs, base)
     prompt_tokens = config.max_prompt_tokens or base.max_prompt_tokens
     model_bytes, text_bytes = _dtype_bytes(config.mixed_precision, device)
-    vae_scale = 2 ** (len(vae.config.get("block_out_channels") or vae.config.encoder_block_out_channels) - 1)
+    vae_scale = vae_scale_factor(vae.config)
     lora = lora_tensor_sizes(transformer, base.transformer_lora_targets(config.lora_feed_forward_convs),
                              config.lora_rank)
     if config.train_text_encoder_lora:
