@@ -190,6 +190,18 @@ class TrainConfig:
         if self.optimizer not in ("adamw8bit", "adamw"):
             raise MedArtError(f"optimizer must be adamw8bit or adamw, got {self.optimizer!r}")
 
+    def check_base(self, base) -> None:
+        """Refuse, before any weights load (training and --plan alike), options the base cannot honour."""
+        if self.lora_feed_forward_convs and not base.lora_conv_targets:
+            raise MedArtError(f"lora_feed_forward_convs is for Sana's convolutional feed-forward; {base.name}'s "
+                              "feed-forward linears are adapted already: set it false")
+        if self.vae_gradient_checkpointing and not base.vae_gradient_checkpointing:
+            raise MedArtError(f"{base.name}'s VAE ({base.vae}) has no gradient checkpointing in diffusers: set "
+                              "vae_gradient_checkpointing false")
+        if self.weighting_scheme != "none" and base.prediction_type != "flow_prediction":
+            raise MedArtError(f"weighting_scheme {self.weighting_scheme} is for flow-matching bases (Sana); "
+                              f"{base.name} trains on noise prediction at uniform timesteps: set weighting_scheme none")
+
     def to_yaml(self) -> str:
         """The config as YAML; a key still null that is filled in at start says so in a comment."""
         lines = []

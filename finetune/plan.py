@@ -242,6 +242,7 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     base, configs = read_component_configs(config.model)
+    config.check_base(base)  # what training would refuse, the plan refuses too
     transformer, vae, text_encoder = empty_models(configs, base)
     prompt_tokens = config.max_prompt_tokens or base.max_prompt_tokens
     model_bytes, text_bytes = _dtype_bytes(config.mixed_precision, device)

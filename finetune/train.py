@@ -46,7 +46,7 @@ from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images, process_state
 from medart_core.lora import add_lora, lora_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER, EmbeddingStore, text_cache_key
-from medart_core.bases import base_of_pipeline
+from medart_core.bases import base_of_pipeline, detect_base
 from medart_core.losses import (channel_sums_from_statistics, colour_statistics_distance, hldf_color_loss,
                                 image_channel_statistics, statistics_from_sums)
 from medart_core.lora_file import LORA_FILE, write_lora_file
@@ -86,15 +86,10 @@ def training_precision(device: torch.device, mixed_precision: str) -> Precision:
 def build_models(config: TrainConfig, precision: Precision):
     """The base pipeline with a trainable LoRA on the transformer (and optionally on its text
     encoder), on the modules its medart_core.bases entry names; all else frozen."""
+    config.check_base(detect_base(config.model))  # in one line, before a long load
     loaded = load_pipeline(config.model, precision=precision, prompt_cache_size=0,
                            text_encoder_quantization=config.text_encoder_quantization)
     pipe, base = loaded.pipe, loaded.base
-    if config.lora_feed_forward_convs and not base.lora_conv_targets:
-        raise MedArtError(f"lora_feed_forward_convs is for Sana's convolutional feed-forward; {base.name}'s "
-                          "feed-forward linears are adapted already: set it false")
-    if config.vae_gradient_checkpointing and not pipe.vae._supports_gradient_checkpointing:
-        raise MedArtError(f"{type(pipe.vae).__name__} ({base.vae}) has no gradient checkpointing in diffusers: "
-                          "set vae_gradient_checkpointing false")
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     if config.gradient_checkpointing:
@@ -521,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         if "--print-config" in argv:
             print(config.to_yaml(), end="")
             return 0
+        config.check_base(detect_base(config.model))  # in one line, before a plan or a long load
         if any(a == "--plan" or a.startswith("--plan=") for a in argv):
             from finetune.plan import memory_plan
 

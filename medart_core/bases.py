@@ -64,6 +64,7 @@ class Base:
     # the stock pipeline keeps latents in fp32 and casts only the transformer's input (Sana); PixArt's keep
     # the transformer's dtype
     fp32_latents: bool = False
+    vae_gradient_checkpointing: bool = True  # diffusers' VAE class has it (AutoencoderKL yes, AutoencoderDC no)
 
     def pipeline_type(self):
         """The diffusers pipeline class (imported only when asked for)."""
@@ -131,6 +132,7 @@ SANA = Base(
     text_encoder_lora_targets=GEMMA2_LORA_TARGETS,
     lora_file_components=("transformer",),
     fp32_latents=True,
+    vae_gradient_checkpointing=False,
 )
 
 BASES: dict[str, Base] = {base.pipeline_class: base for base in (PIXART_ALPHA, PIXART_SIGMA, SANA)}

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from medart_core.errors import MedArtError
 from medart_core.losses import flow_matching_loss, noise_prediction_loss
 
 # diffusers' train_dreambooth_lora_sana.py choices, its default first
@@ -95,13 +94,10 @@ class FlowMatchingObjective:
 
 def training_objective(base, scheduler_config, **flow_options):
     """The objective of `base` (a medart_core.bases entry); `flow_options` (weighting_scheme,
-    logit_mean, logit_std, mode_scale) configure flow matching; a weighting scheme other than
-    "none" is refused for an epsilon base, which would silently ignore it."""
+    logit_mean, logit_std, mode_scale) configure flow matching (TrainConfig.check_base refuses a
+    weighting scheme for an epsilon base, which has no use for them)."""
     if base.prediction_type == "flow_prediction":
         return FlowMatchingObjective(scheduler_config, **flow_options)
     if base.prediction_type == "epsilon":
-        if flow_options.get("weighting_scheme", "none") != "none":
-            raise MedArtError(f"weighting_scheme {flow_options['weighting_scheme']} is for flow-matching bases (Sana); "
-                              f"{base.name} trains on noise prediction at uniform timesteps: set weighting_scheme none")
         return EpsilonObjective(scheduler_config)
     raise ValueError(f"{base.name} predicts {base.prediction_type!r}, which no training objective handles")

@@ -217,17 +217,21 @@ def test_flow_matching_draws_timesteps_as_diffusers_sana_script(tiny_sana_dir):
                                                                     + 2 * (noised.timesteps / 1000) ** 2)))
 
 
-def test_weighting_scheme_is_refused_for_pixart_and_checked_by_name(tiny_pipeline_dir):
+def test_options_a_base_cannot_honour_are_refused_in_one_line_by_training_and_the_plan(tiny_pipeline_dir,
+                                                                                         tiny_sana_dir, capsys):
+    import finetune.train as train_module
     from finetune.config import load_config
-    from medart_core.bases import PIXART_ALPHA
     from medart_core.errors import MedArtError
-    from medart_core.objectives import training_objective
 
-    scheduler = load_pipeline(tiny_pipeline_dir, precision=Precision.choose("cpu")).pipe.scheduler
-    with pytest.raises(MedArtError, match="for flow-matching bases"):
-        training_objective(PIXART_ALPHA, scheduler.config, weighting_scheme="logit_normal")
     with pytest.raises(MedArtError, match="weighting_scheme must be one of none, sigma_sqrt"):
         load_config(["--data", "d", "--weighting_scheme", "logit-normal"])
+    refused = [(tiny_pipeline_dir, ["--weighting_scheme", "logit_normal"], "is for flow-matching bases"),
+               (tiny_pipeline_dir, ["--lora_feed_forward_convs", "true"], "feed-forward linears are adapted already"),
+               (tiny_sana_dir, ["--vae_gradient_checkpointing", "true"], "has no gradient checkpointing")]
+    for model, options, reason in refused:
+        for plan in ([], ["--plan", "cpu"]):
+            assert train_module.main(["--model", str(model), "--data", "d", *options, *plan]) == 2
+            assert reason in capsys.readouterr().err
 
 
 def test_bf16_generation_keeps_fp32_latents_as_sana_pipeline_does(tiny_sana_dir):
