@@ -35,7 +35,8 @@ DERIVED_AT_START = {
     "max_train_steps": "derived at start: num_train_epochs x images / (train_batch_size x processes x "
                        f"gradient_accumulation_steps), rounded up ({DEFAULT_TRAIN_STEPS} without num_train_epochs)",
     "num_train_epochs": "not used: max_train_steps sets the length",
-    "max_prompt_tokens": "derived at start: the base model's own text-encoder limit (120 for PixArt-alpha, 300 for PixArt-Sigma and Sana)",
+    "max_prompt_tokens": "derived at start: the base model's own text-encoder limit (120 for PixArt-alpha, 300 for "
+                         "PixArt-Sigma and Sana)",
     "lora_alpha": "derived at start: the rank (scale 1)",
     "text_encoder_lora_rank": "derived at start: lora_rank",
     "hldf_weight": "derived at start: 1 / hldf_steps",

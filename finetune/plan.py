@@ -141,7 +141,8 @@ def transformer_activations(transformer, batch: int, resolution: int, vae_scale:
     c = transformer.config
     tokens = (resolution // vae_scale // c.patch_size) ** 2
     width = c.num_attention_heads * c.attention_head_dim
-    per_block = BLOCK_ACTIVATIONS[type(transformer).__name__] * batch * tokens * width + 2 * batch * prompt_tokens * width
+    per_block = (BLOCK_ACTIVATIONS[type(transformer).__name__] * batch * tokens * width
+                 + 2 * batch * prompt_tokens * width)
     workspace = 8 * batch * tokens * width  # gradients of the widest (4x) feed-forward tensors
     if checkpointing:  # block inputs only, plus one block recomputed at a time
         return (c.num_layers * batch * tokens * width + per_block + workspace) * value_bytes

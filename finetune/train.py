@@ -4,9 +4,10 @@
 
 The story, top to bottom: config -> models (frozen base + LoRA adapters) -> data ->
 optimizer -> resume -> loop -> save. Each optimizer step trains on the base's latent loss (noise
-prediction for PixArt, flow matching for Sana: medart_core.objectives); every `hldf_every` steps, Hybrid-Level Diffusion Fine-tuning also samples an image per real
-image with the shared DPM-Solver++ loop *with gradients*, decodes it to pixels and adds a
-colour-distribution loss against the real batch. Sampler, losses and loaders come from
+prediction for PixArt, flow matching for Sana: medart_core.objectives); every `hldf_every`
+steps, Hybrid-Level Diffusion Fine-tuning also samples an image per real image with the shared
+DPM-Solver++ loop *with gradients*, decodes it to pixels and adds a colour-distribution loss
+against the real batch. Sampler, losses and loaders come from
 medart_core, the same code the generation CLI and the app run.
 
 Gradients of the (small) LoRA weights are averaged across processes by one all-reduce per step
@@ -101,8 +102,8 @@ def build_models(config: TrainConfig, precision: Precision):
     if config.vae_gradient_checkpointing:
         pipe.vae.enable_gradient_checkpointing()
     transformer_lora = add_lora(pipe.transformer, lora_config(
-        base.transformer_lora_targets(config.lora_feed_forward_convs), rank=config.lora_rank, alpha=config.lora_alpha,
-        dropout=config.lora_dropout, use_dora=config.use_dora, init=config.lora_init))
+        base.transformer_lora_targets(config.lora_feed_forward_convs), rank=config.lora_rank,
+        alpha=config.lora_alpha, dropout=config.lora_dropout, use_dora=config.use_dora, init=config.lora_init))
     text_encoder_lora = None
     if config.train_text_encoder_lora:
         text_encoder_lora = add_lora(pipe.text_encoder, lora_config(

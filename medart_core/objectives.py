@@ -66,7 +66,8 @@ class FlowMatchingObjective:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         if weighting_scheme not in WEIGHTING_SCHEMES:
-            raise ValueError(f"weighting_scheme must be one of {', '.join(WEIGHTING_SCHEMES)}, got {weighting_scheme!r}")
+            raise ValueError(f"weighting_scheme must be one of {', '.join(WEIGHTING_SCHEMES)}, "
+                             f"got {weighting_scheme!r}")
         known = inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters
         # the same scheduler as from_config, without its warning about the DPM-Solver keys it ignores
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(

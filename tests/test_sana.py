@@ -133,7 +133,8 @@ def test_hldf_training_on_sana_logs_the_colour_loss_and_its_adapters_change_the_
     config = json.loads((sana_run / "transformer_lora" / "adapter_config.json").read_text())
     assert {"to_q", "to_out.0", "caption_projection.linear_1", "time_embed.linear", "ff.conv_inverted",
             "ff.conv_point"} <= set(config["target_modules"])
-    assert "q_proj" in json.loads((sana_run / "text_encoder_lora" / "adapter_config.json").read_text())["target_modules"]
+    gemma_config = json.loads((sana_run / "text_encoder_lora" / "adapter_config.json").read_text())
+    assert "q_proj" in gemma_config["target_modules"]
     cpu = Precision.choose("cpu")
     base = sana_images(load_pipeline(tiny_sana_dir, precision=cpu))
     tuned = sana_images(load_pipeline(tiny_sana_dir, lora=sana_run, precision=cpu))
