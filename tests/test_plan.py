@@ -30,6 +30,22 @@ def no_weight_loading(monkeypatch):
         monkeypatch.setattr(owner, "from_pretrained", classmethod(refuse))
 
 
+def saved_activation_bytes(module, forward) -> int:
+    """Bytes of the tensors autograd saves for backward while `forward()` runs, the module's weights not counted."""
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        forward()
+    return sum(saved.values())
+
+
 def xl_config(*extra):
     """PixArt-XL-2 at 512 px with a frozen, cached T5 and batch 4 (the recommended preset), blocks not recomputed."""
     return load_config(["--config", "finetune/configs/recommended.yaml", "--gradient_checkpointing", "false", *extra])
@@ -84,20 +100,11 @@ def test_per_block_activation_estimate_matches_what_autograd_keeps_for_pixart_xl
                   "num_layers": layers}
         transformer = PixArtTransformer2DModel.from_config(config).requires_grad_(False)
         add_lora(transformer, lora_config(TRANSFORMER_TARGETS, rank=4))
-        weights = {p.untyped_storage().data_ptr() for p in transformer.parameters()}
-        saved = {}
-
-        def keep(tensor):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in weights:
-                saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-            transformer(torch.randn(1, 4, 16, 16), encoder_hidden_states=torch.randn(1, MAX_PROMPT_TOKENS, 4096),
-                        encoder_attention_mask=torch.ones(1, MAX_PROMPT_TOKENS), timestep=torch.tensor([500]),
-                        added_cond_kwargs={"resolution": None, "aspect_ratio": None})
-        return sum(saved.values()), transformer_activations(transformer, 1, 128, 8, 4, checkpointing=False,
+        saved = saved_activation_bytes(transformer, lambda: transformer(
+            torch.randn(1, 4, 16, 16), encoder_hidden_states=torch.randn(1, MAX_PROMPT_TOKENS, 4096),
+            encoder_attention_mask=torch.ones(1, MAX_PROMPT_TOKENS), timestep=torch.tensor([500]),
+            added_cond_kwargs={"resolution": None, "aspect_ratio": None}))
+        return saved, transformer_activations(transformer, 1, 128, 8, 4, checkpointing=False,
                                                                 prompt_tokens=MAX_PROMPT_TOKENS)
 
     (saved_1, estimate_1), (saved_2, estimate_2) = saved_and_estimated(1), saved_and_estimated(2)
@@ -176,20 +183,11 @@ def test_per_block_activation_estimate_matches_what_autograd_keeps_for_sana_600m
                   "sample_size": 8, "num_layers": layers}
         transformer = SanaTransformer2DModel.from_config(config).requires_grad_(False)
         add_lora(transformer, lora_config(SANA.lora_targets, rank=4))
-        weights = {p.untyped_storage().data_ptr() for p in transformer.parameters()}
-        saved = {}
-
-        def keep(tensor):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in weights:
-                saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
         tokens = SANA.max_prompt_tokens
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-            transformer(torch.randn(1, 32, 8, 8), encoder_hidden_states=torch.randn(1, tokens, 2304),
-                        encoder_attention_mask=torch.ones(1, tokens), timestep=torch.tensor([500.0]))
-        return sum(saved.values()), transformer_activations(transformer, 1, 256, 32, 4, checkpointing=False,
+        saved = saved_activation_bytes(transformer, lambda: transformer(
+            torch.randn(1, 32, 8, 8), encoder_hidden_states=torch.randn(1, tokens, 2304),
+            encoder_attention_mask=torch.ones(1, tokens), timestep=torch.tensor([500.0])))
+        return saved, transformer_activations(transformer, 1, 256, 32, 4, checkpointing=False,
                                                                 prompt_tokens=tokens)
 
     (saved_1, estimate_1), (saved_2, estimate_2) = saved_and_estimated(1), saved_and_estimated(2)
