@@ -60,10 +60,13 @@ def _sigma(repo: str, resolution: int) -> Preset:
                   {"transformer": transformer, "vae": _SDXL_VAE, "text_encoder": _T5_V1_1_XXL})
 
 
+# Sana 600M (SanaMS_600M_P1_D28) and its DC-AE f32c32 as diffusers' scripts/convert_sana_to_diffusers.py and
+# scripts/convert_dcae_to_diffusers.py build them; Gemma 2 2B-it's text model (Gemma2Model).
 _SANA_600M_TRANSFORMER = dict(in_channels=32, out_channels=32, num_attention_heads=36, attention_head_dim=32,
                               num_layers=28, num_cross_attention_heads=16, cross_attention_head_dim=72,
                               cross_attention_dim=1152, caption_channels=2304, mlp_ratio=2.5, patch_size=1,
-                              norm_elementwise_affine=False, norm_eps=1e-6)
+                              attention_bias=False, norm_elementwise_affine=False, norm_eps=1e-6,
+                              interpolation_scale=None)
 _DC_AE_F32C32 = dict(in_channels=3, latent_channels=32, attention_head_dim=32,
                      encoder_block_types=["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock",
                                           "EfficientViTBlock", "EfficientViTBlock"],
@@ -74,7 +77,7 @@ _DC_AE_F32C32 = dict(in_channels=3, latent_channels=32, attention_head_dim=32,
                      encoder_layers_per_block=[2, 2, 2, 3, 3, 3], decoder_layers_per_block=[3, 3, 3, 3, 3, 3],
                      encoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
                      decoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
-                     upsample_block_type="interpolate", downsample_block_type="Conv", decoder_norm_types="rms_norm",
+                     upsample_block_type="interpolate", downsample_block_type="conv", decoder_norm_types="rms_norm",
                      decoder_act_fns="silu", scaling_factor=0.41407)
 _GEMMA2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                   num_attention_heads=8, num_key_value_heads=4, head_dim=256)

@@ -6,16 +6,33 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "finetune" / "experiments"))
 
 import guidance_sweep  # noqa: E402
 
 
-def test_sweep_scores_every_scale_and_names_the_best(tiny_pipeline_dir, tiny_train_data, tmp_path):
+@pytest.fixture(scope="module")
+def classifier_of_the_train_set(tmp_path_factory):
+    """Where the first sweep leaves its domain classifier: the next model's sweep reuses it (the
+    sweep's own resume), as training it is most of a sweep's time."""
+    return tmp_path_factory.mktemp("sweep-classifier") / "classifier"
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_pipeline_dir", "tiny_sana_dir"], ids=["pixart", "sana"])
+def test_sweep_scores_every_scale_and_names_the_best(model_fixture, tiny_train_data, tmp_path, request,
+                                                     classifier_of_the_train_set):
+    import shutil
+
     out = tmp_path / "sweep"
-    guidance_sweep.main(["--model", str(tiny_pipeline_dir), "--data", str(tiny_train_data), "--scales", "1,3",
-                         "--steps", "2", "--out", str(out)])
+    if classifier_of_the_train_set.is_dir():
+        shutil.copytree(classifier_of_the_train_set, out / "classifier")
+    guidance_sweep.main(["--model", str(request.getfixturevalue(model_fixture)), "--data", str(tiny_train_data),
+                         "--scales", "1,3", "--steps", "2", "--out", str(out)])
+    if not classifier_of_the_train_set.is_dir():
+        shutil.copytree(out / "classifier", classifier_of_the_train_set)
     results = json.loads((out / "results.json").read_text())
     assert [r["guidance"] for r in results["results"]] == [1.0, 3.0]
     for result in results["results"]:

@@ -12,11 +12,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def tiny_split_data(tiny_train_data, tmp_path_factory):
+    """The two-class tiny images as train/ and test/ splits (the ablation fine-tunes on one, scores on the other)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("split-data")
+    for split in ("train", "test"):
+        shutil.copytree(tiny_train_data / "train", root / split)
+    return root
+
+
 @pytest.mark.slow
-def test_ablation_smoke_writes_table_and_colour_plot(tiny_pipeline_dir, tmp_path):
+@pytest.mark.parametrize("model_fixture", ["tiny_pipeline_dir", "tiny_sana_dir"], ids=["pixart", "sana"])
+def test_ablation_smoke_writes_table_and_colour_plot(model_fixture, tmp_path, request):
+    """PixArt on the demo data; Sana (flow sampler, DC-AE, Gemma2) on the tiny two-class images, which
+    keeps its run to the eight subprocesses' start-up."""
     out = tmp_path / "ablation"
-    command = [sys.executable, "finetune/experiments/hldf_ablation.py", "--model", str(tiny_pipeline_dir),
-               "--data", "assets/demo", "--out", str(out), "--smoke"]
+    data = (["--data", "assets/demo"] if model_fixture == "tiny_pipeline_dir" else
+            ["--data", str(request.getfixturevalue("tiny_split_data")), "--classes", "fundus,histology"])
+    command = [sys.executable, "finetune/experiments/hldf_ablation.py", "--model",
+               str(request.getfixturevalue(model_fixture)), *data, "--out", str(out), "--smoke"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())

@@ -30,6 +30,22 @@ def no_weight_loading(monkeypatch):
         monkeypatch.setattr(owner, "from_pretrained", classmethod(refuse))
 
 
+def saved_activation_bytes(module, forward) -> int:
+    """Bytes of the tensors autograd saves for backward while `forward()` runs, the module's weights not counted."""
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        forward()
+    return sum(saved.values())
+
+
 def xl_config(*extra):
     """PixArt-XL-2 at 512 px with a frozen, cached T5 and batch 4 (the recommended preset), blocks not recomputed."""
     return load_config(["--config", "finetune/configs/recommended.yaml", "--gradient_checkpointing", "false", *extra])
@@ -84,29 +100,24 @@ def test_per_block_activation_estimate_matches_what_autograd_keeps_for_pixart_xl
                   "num_layers": layers}
         transformer = PixArtTransformer2DModel.from_config(config).requires_grad_(False)
         add_lora(transformer, lora_config(TRANSFORMER_TARGETS, rank=4))
-        weights = {p.untyped_storage().data_ptr() for p in transformer.parameters()}
-        saved = {}
-
-        def keep(tensor):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in weights:
-                saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-            transformer(torch.randn(1, 4, 16, 16), encoder_hidden_states=torch.randn(1, MAX_PROMPT_TOKENS, 4096),
-                        encoder_attention_mask=torch.ones(1, MAX_PROMPT_TOKENS), timestep=torch.tensor([500]),
-                        added_cond_kwargs={"resolution": None, "aspect_ratio": None})
-        return sum(saved.values()), transformer_activations(transformer, 1, 128, 8, 4, checkpointing=False,
+        saved = saved_activation_bytes(transformer, lambda: transformer(
+            torch.randn(1, 4, 16, 16), encoder_hidden_states=torch.randn(1, MAX_PROMPT_TOKENS, 4096),
+            encoder_attention_mask=torch.ones(1, MAX_PROMPT_TOKENS), timestep=torch.tensor([500]),
+            added_cond_kwargs={"resolution": None, "aspect_ratio": None}))
+        return saved, transformer_activations(transformer, 1, 128, 8, 4, checkpointing=False,
                                                                 prompt_tokens=MAX_PROMPT_TOKENS)
 
     (saved_1, estimate_1), (saved_2, estimate_2) = saved_and_estimated(1), saved_and_estimated(2)
     assert 0.9 < (estimate_2 - estimate_1) / (saved_2 - saved_1) < 1.25  # measured here: 1.10
 
 
-def test_plan_counts_of_a_local_folder_match_the_loaded_model(tiny_pipeline_dir):
-    config = load_config(["--model", str(tiny_pipeline_dir), "--data", "d", "--lora_rank", "4",
-                          "--train_text_encoder_lora", "true", "--text_encoder_lora_rank", "2"])
+@pytest.mark.parametrize("model_fixture, extra", [("tiny_pipeline_dir", []),
+                                                  ("tiny_sana_dir", ["--lora_feed_forward_convs", "true"])],
+                         ids=["pixart", "sana-with-conv-lora"])
+def test_plan_counts_of_a_local_folder_match_the_loaded_model(model_fixture, extra, request):
+    """Sana: its transformer, DC-AE and Gemma2 classes; conv LoRA A is a rank-channel conv."""
+    config = load_config(["--model", str(request.getfixturevalue(model_fixture)), "--data", "d", "--lora_rank", "4",
+                          "--train_text_encoder_lora", "true", "--text_encoder_lora_rank", "2", *extra])
     plan = memory_plan(config, device="cpu")
     models, transformer_lora, text_encoder_lora = train_module.build_models(config, Precision.choose("cpu"))
     trainable = [p for m in (transformer_lora, text_encoder_lora) for p in m.parameters() if p.requires_grad]
@@ -138,3 +149,46 @@ def test_checkpointed_hldf_plans_the_decode_and_one_sampling_call_apart_not_toge
     assert memory_plan(config, device="cuda").rows["hldf"] == max(one_call, decode)
     kept = memory_plan(xl_config("--hldf_checkpointing", "false", "--vae_gradient_checkpointing", "true"), device="cuda")
     assert kept.rows["hldf"] == config.hldf_steps * one_call + decode  # every call's activations are stored
+
+
+def test_plan_of_the_sana_presets_builds_sana_classes_without_weights(no_weight_loading, capsys):
+    """Sana-600M (0.6B), DC-AE f32c32 and Gemma 2 2B from the presets' config files; 1024 px is 4x the tokens."""
+    small = memory_plan(load_config(["--model", "Efficient-Large-Model/Sana_600M_512px_diffusers", "--data", "d",
+                                     "--resolution", "512"]), device="cuda")
+    assert 585e6 < small.parameters["transformer"] < 600e6
+    assert 300e6 < small.parameters["vae"] < 320e6 and 2.5e9 < small.parameters["text_encoder"] < 2.7e9
+    assert small.rows["transformer"] == 2 * small.parameters["transformer"]
+    assert small.peak_hldf > small.peak_plain > small.rows["transformer"]
+    big = memory_plan(load_config(["--model", "Efficient-Large-Model/Sana_600M_1024px_diffusers", "--data", "d",
+                                   "--resolution", "1024"]), device="cuda")
+    assert big.rows["activations"] > 3.5 * small.rows["activations"]
+    convs = memory_plan(load_config(["--model", "Efficient-Large-Model/Sana_600M_512px_diffusers", "--data", "d",
+                                     "--lora_feed_forward_convs", "true"]), device="cuda")
+    assert convs.parameters["lora"] > small.parameters["lora"]
+    assert train_module.main(["--model", "Efficient-Large-Model/Sana_600M_512px_diffusers", "--data", "d",
+                              "--plan", "cuda"]) == 0
+    assert "base: Sana" in capsys.readouterr().out
+
+
+def test_per_block_activation_estimate_matches_what_autograd_keeps_for_sana_600m_blocks():
+    """As for PixArt-XL: the plan's bytes per Sana block against autograd's saved tensors, 256 px."""
+    from diffusers import SanaTransformer2DModel
+
+    from finetune.plan import PRESETS, transformer_activations
+    from medart_core.bases import SANA
+    from medart_core.lora import add_lora, lora_config
+
+    def saved_and_estimated(layers: int) -> tuple[int, int]:
+        config = {**PRESETS["Efficient-Large-Model/Sana_600M_512px_diffusers"].configs["transformer"],
+                  "sample_size": 8, "num_layers": layers}
+        transformer = SanaTransformer2DModel.from_config(config).requires_grad_(False)
+        add_lora(transformer, lora_config(SANA.lora_targets, rank=4))
+        tokens = SANA.max_prompt_tokens
+        saved = saved_activation_bytes(transformer, lambda: transformer(
+            torch.randn(1, 32, 8, 8), encoder_hidden_states=torch.randn(1, tokens, 2304),
+            encoder_attention_mask=torch.ones(1, tokens), timestep=torch.tensor([500.0])))
+        return saved, transformer_activations(transformer, 1, 256, 32, 4, checkpointing=False,
+                                                                prompt_tokens=tokens)
+
+    (saved_1, estimate_1), (saved_2, estimate_2) = saved_and_estimated(1), saved_and_estimated(2)
+    assert 0.9 < (estimate_2 - estimate_1) / (saved_2 - saved_1) < 1.15  # measured here: 1.00

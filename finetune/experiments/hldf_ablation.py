@@ -168,9 +168,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = subset(Path(args.data).resolve(), args.classes.split(","), out / "data")
     prompts = data / "test" / "metadata.jsonl"
-    model_dir = Path(args.model)
-    vae_blocks = len(json.loads((model_dir / "vae" / "config.json").read_text())["block_out_channels"])
-    resolution = json.loads((model_dir / "transformer" / "config.json").read_text())["sample_size"] * 2 ** (vae_blocks - 1)
+    from finetune.plan import native_resolution
+
+    resolution = native_resolution(args.model)  # PixArt's KL VAE or Sana's DC-AE
     evaluate_options = ["--metrics", "color,dfd,conditional", "--classifier", str(out / "classifier"), "--no-progress"]
     if args.smoke:
         evaluate_options += ["--classifier-steps", "20", "--bootstrap", "10", "--kid-subsets", "10"]
