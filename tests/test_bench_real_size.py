@@ -30,7 +30,7 @@ def test_plain_part_measures_a_step_beside_the_plan_and_writes_its_figures(tiny_
     assert figures["seconds"] > 0 and figures["measured_mb"] > 0 and figures["planned_mb"] > 0
     table = run([sys.executable, "bench/bench_real_size.py", "--markdown", str(results)])
     assert table.returncode == 0, table.stderr
-    assert re.search(r"^\| plain \| \d{4}-\d\d-\d\d, cpu fp32, .*32 px, batch 1 \|", table.stdout, re.M), table.stdout
+    assert re.search(r"^\| plain \| \d{4}-\d\d-\d\d, PixArt-alpha, cpu fp32, .*32 px, batch 1 \|", table.stdout, re.M), table.stdout
 
 
 def test_gpu_check_lists_every_part_and_refuses_an_unknown_one():
@@ -43,3 +43,18 @@ def test_gpu_check_lists_every_part_and_refuses_an_unknown_one():
     assert "--text-encoder xxl" in lines["hldf"] and "--resolution 1024" in lines["gen1024"]
     wrong = run(["bash", "bench/gpu_check.sh", "--parts", "plain,warp"])
     assert wrong.returncode == 2 and "unknown part 'warp'" in wrong.stderr
+
+
+def test_sana_generate_part_compares_the_three_paths_and_names_its_base(tiny_sana_dir, tmp_path):
+    results = tmp_path / "results.json"
+    done = run([sys.executable, "bench/bench_real_size.py", "--which", "generate", "--model", str(tiny_sana_dir),
+                "--resolution", "32", "--device", "cpu", "--json", str(results)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"sana generate: medart/stock \d+\.\d{3}, medart/floor \d+\.\d{3}", last), last
+    (figures,) = json.loads(results.read_text())["results"]
+    assert figures["base"] == "Sana" and figures["steps"] == 4
+    assert set(figures["seconds"]) == {"stock", "medart", "floor", "decode"}
+    table = run([sys.executable, "bench/bench_real_size.py", "--markdown", str(results)])
+    assert re.search(r"^\| generate \| \d{4}-\d\d-\d\d, Sana, cpu fp32, Gemma-2 of sana, 32 px", table.stdout, re.M), \
+        table.stdout
