@@ -38,9 +38,10 @@ def test_gpu_check_lists_every_part_and_refuses_an_unknown_one():
     listed = run(["bash", "bench/gpu_check.sh", "--dry-run"])
     assert listed.returncode == 0, listed.stderr
     lines = dict(line.split(": ", 1) for line in listed.stdout.strip().splitlines())
-    assert list(lines) == ["gen512", "gen1024", "plain", "hldf", "text-cache", "quant-t5", "caption"]
+    assert list(lines) == ["gen512", "gen1024", "plain", "hldf", "text-cache", "quant-t5", "caption", "sana-gen512"]
     assert "--which plain --config finetune/configs/paper.yaml" in lines["plain"]
-    assert "--text-encoder xxl" in lines["hldf"] and "--resolution 1024" in lines["gen1024"]
+    assert "--text-encoder full" in lines["hldf"] and "--resolution 1024" in lines["gen1024"]
+    assert "--base sana" in lines["sana-gen512"] and "--which generate" in lines["sana-gen512"]
     wrong = run(["bash", "bench/gpu_check.sh", "--parts", "plain,warp"])
     assert wrong.returncode == 2 and "unknown part 'warp'" in wrong.stderr
 
