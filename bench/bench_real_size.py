@@ -13,8 +13,8 @@ were loaded, C library returning freed memory at once; GPU: torch's peak allocat
              gradient checkpointing) likewise, and its floor: the same transformer forwards and
              backwards (the noise-prediction call and each sampling step's CFG batch) plus the
              VAE decode and its backward, each alone, without recomputation
-  generate   medart_core's generation vs the stock PixArtAlphaPipeline vs the floor (the
-             transformer forwards alone; the VAE decode is shown beside it)
+  generate   medart_core's generation vs the stock pipeline (PixArtAlphaPipeline, SanaPipeline)
+             vs the floor (the transformer forwards alone; the VAE decode is shown beside it)
   text-cache the prompt-embedding cache: a repeated prompt encoded with and without it
   quant-t5   T5 in none / 8-bit / 4-bit (bitsandbytes): weight memory and encoding time
 
