@@ -227,7 +227,7 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
     """One training step (plain or HLDF) as finetune/train.py runs it; for HLDF, also its floor."""
     import torch
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler, PixArtAlphaPipeline  # noqa: F401  (imported before the baseline)
+    from diffusers import PixArtAlphaPipeline  # noqa: F401  (imported before the baseline)
     from torch.utils.data import DataLoader
 
     import finetune.train as T
@@ -251,13 +251,13 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
     if text_encoder_lora is not None:  # the paper preset trains a T5 LoRA too
         trainable += [p for p in models.pipe.text_encoder.parameters() if p.requires_grad]
     optimizer = T.make_optimizer(trainable, config, accelerator.device)
-    noise_scheduler = DDPMScheduler.from_config(models.pipe.scheduler.config)
+    objective = T.build_objective(models, config)
     batch = next(iter(DataLoader(dataset, batch_size=config.train_batch_size)))
 
     meter.reset()
     start = time.perf_counter()
     generators = T.step_generators(config.seed, 0, len(batch["text"]))
-    loss, real_colour = T.noise_prediction_step(models, batch, config, generators, noise_scheduler, accelerator)
+    loss, real_colour = T.noise_prediction_step(models, batch, config, generators, objective, accelerator)
     if kind == "hldf":
         colour = T.hldf_colour_step(models, real_colour, batch["text"], config, generators, accelerator)
         loss = loss + config.colour_weight * colour

@@ -79,7 +79,6 @@ def measure(kind: str, model_dir: str, data_dir: str, resolution: int, hldf_step
     allocated memory.)"""
     import torch
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
     from torch.utils.data import DataLoader
 
     import finetune.train as T
@@ -117,7 +116,7 @@ def measure(kind: str, model_dir: str, data_dir: str, resolution: int, hldf_step
         dataset, models.prompts = images, PromptEncoder(models.pipe, max_entries=0 if kind == "plain-uncached" else 256)
     trainable = [p for p in models.pipe.transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    noise_scheduler = DDPMScheduler.from_config(models.pipe.scheduler.config)
+    objective = T.build_objective(models, config)
     batch = next(iter(DataLoader(dataset, batch_size=2)))
     loaded = torch.cuda.memory_allocated() if on_gpu else resident_bytes()
     if on_gpu:
@@ -127,7 +126,7 @@ def measure(kind: str, model_dir: str, data_dir: str, resolution: int, hldf_step
 
     def step(i):
         generator = T.step_generators(0, i, len(batch["text"]))
-        loss, real_colour = T.noise_prediction_step(models, batch, config, generator, noise_scheduler, accelerator)
+        loss, real_colour = T.noise_prediction_step(models, batch, config, generator, objective, accelerator)
         if kind.startswith("hldf"):
             loss = loss + config.colour_weight * T.hldf_colour_step(models, real_colour, batch["text"], config,
                                                                     generator, accelerator)

@@ -24,6 +24,7 @@ import yaml
 from medart_core.bases import supported
 from medart_core.errors import MedArtError
 from medart_core.model_presets import preset_help
+from medart_core.objectives import WEIGHTING_SCHEMES
 
 
 DEFAULT_TRAIN_STEPS = 1000
@@ -34,7 +35,7 @@ DERIVED_AT_START = {
     "max_train_steps": "derived at start: num_train_epochs x images / (train_batch_size x processes x "
                        f"gradient_accumulation_steps), rounded up ({DEFAULT_TRAIN_STEPS} without num_train_epochs)",
     "num_train_epochs": "not used: max_train_steps sets the length",
-    "max_prompt_tokens": "derived at start: the base model's own T5 limit (120 for PixArt-alpha, 300 for PixArt-Sigma)",
+    "max_prompt_tokens": "derived at start: the base model's own text-encoder limit (120 for PixArt-alpha, 300 for PixArt-Sigma and Sana)",
     "lora_alpha": "derived at start: the rank (scale 1)",
     "text_encoder_lora_rank": "derived at start: lora_rank",
     "hldf_weight": "derived at start: 1 / hldf_steps",
@@ -80,8 +81,17 @@ class TrainConfig:
     mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else no), no, bf16 or fp16 "
                                                   "(GPU only: loss scaling)")
     gradient_checkpointing: bool = option(False, "recompute transformer blocks in the backward pass (less memory)")
-    max_prompt_tokens: int | None = option(None, "T5 tokens of a caption that reach the model; longer ones are cut "
-                                                 "(default: the base model's own limit, 120 for PixArt-alpha, 300 for PixArt-Sigma)")
+    # flow matching (Sana): the timestep sampling of diffusers' train_dreambooth_lora_sana.py
+    weighting_scheme: str = option("none", "flow-matching bases (Sana) only: how training timesteps are drawn and "
+                                           "the loss weighted, one of " + ", ".join(WEIGHTING_SCHEMES) +
+                                           " (none: uniform timesteps, unweighted loss; logit_normal, mode: drawn "
+                                           "from that density; sigma_sqrt, cosmap: uniform, loss weighted)")
+    logit_mean: float = option(0.0, "mean of the logit_normal weighting scheme")
+    logit_std: float = option(1.0, "std of the logit_normal weighting scheme")
+    mode_scale: float = option(1.29, "scale of the mode weighting scheme")
+    max_prompt_tokens: int | None = option(None, "text-encoder tokens of a caption that reach the model; longer ones "
+                                                 "are cut (default: the base model's own limit, 120 for PixArt-alpha, "
+                                                 "300 for PixArt-Sigma and Sana)")
     text_encoder_quantization: str = option("none", "load the frozen T5 in 8bit or 4bit through bitsandbytes, or none")
     # caching (medart_core.cache): T5 and the VAE encoder run once per dataset, not every step
     cache: bool = option(True, "train from cached VAE latents (with center_crop) and T5 embeddings (with T5 frozen)")
@@ -95,8 +105,12 @@ class TrainConfig:
                                          "Kaiming-uniform A) or gaussian (Gaussian A); B starts at zero in both")
     lora_dropout: float = option(0.0, "dropout on the LoRA path")
     use_dora: bool = option(False, "weight-decomposed LoRA (DoRA)")
-    train_text_encoder_lora: bool = option(False, "also train a LoRA adapter on the T5 text encoder")
-    text_encoder_lora_rank: int | None = option(None, "rank of the T5 adapter (default: lora_rank)")
+    lora_feed_forward_convs: bool = option(False, "Sana: also adapt the GLUMBConv feed-forward convolutions "
+                                                  "(conv_inverted, conv_point; Conv2d); PixArt's feed-forward "
+                                                  "linears are always adapted")
+    train_text_encoder_lora: bool = option(False, "also train a LoRA adapter on the text encoder (T5, or Sana's "
+                                                  "Gemma2: that one stays a PEFT folder, outside the single-file LoRA)")
+    text_encoder_lora_rank: int | None = option(None, "rank of the text-encoder adapter (default: lora_rank)")
     # HLDF: Hybrid-Level Diffusion Fine-tuning
     hldf_every: int = option(500, "run an HLDF colour step every N optimizer steps (0 turns HLDF off)")
     hldf_steps: int = option(20, "DPM-Solver++ steps of the HLDF sample")
@@ -170,6 +184,9 @@ class TrainConfig:
         if self.text_encoder_quantization != "none" and self.train_text_encoder_lora:
             raise MedArtError("a quantised T5 is for frozen-T5 training; set text_encoder_quantization none to "
                               "train a T5 LoRA, or train_text_encoder_lora false")
+        if self.weighting_scheme not in WEIGHTING_SCHEMES:
+            raise MedArtError(f"weighting_scheme must be one of {', '.join(WEIGHTING_SCHEMES)}, "
+                              f"got {self.weighting_scheme!r}")
         if self.optimizer not in ("adamw8bit", "adamw"):
             raise MedArtError(f"optimizer must be adamw8bit or adamw, got {self.optimizer!r}")
 
@@ -222,7 +239,7 @@ def _option_type(annotation):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="LoRA + HLDF fine-tuning of PixArt-alpha or PixArt-Sigma. Run with `accelerate launch finetune/train.py "
+        description="LoRA + HLDF fine-tuning of PixArt-alpha, PixArt-Sigma or Sana. Run with `accelerate launch finetune/train.py "
                     "--config CONFIG.yaml [--key value ...]`: options override the config file.")
     parser.add_argument("--config", help="YAML file with any of the keys below")
     parser.add_argument("--plan", nargs="?", const="auto", choices=["auto", "cpu", "cuda"],

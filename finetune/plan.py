@@ -4,9 +4,9 @@
 
 Parameter counts are exact: the model classes are built from their config.json files (a local
 folder's, or a preset's from medart_core.model_presets) on the `meta` device, which holds
-shapes and no data. Activation sizes are estimates from the architecture (tensors a PixArt block
-keeps for its backward pass, in units of tokens x width), checked against measured peaks by
-bench/bench_train.py.
+shapes and no data; which classes, the base's medart_core.bases entry says. Activation sizes are
+estimates from the architecture (tensors a transformer block keeps for its backward pass, in units
+of tokens x width), checked against measured peaks by bench/bench_train.py.
 """
 
 from __future__ import annotations
@@ -16,23 +16,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.config import TrainConfig
-from medart_core.bases import Base, check_trainable, detect_base
+from medart_core.bases import PIXART_ALPHA, Base, detect_base
 from medart_core.errors import MedArtError
-from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS
 from medart_core.model_presets import PRESETS
 
 GIB = 2 ** 30
 
-# Tensors one PixArt transformer block keeps for backward, in units of (tokens x width): norms and
-# modulations (~4), self-attention q, k, v, output and projection input (~6), cross-attention (~4),
-# feed-forward input, GELU input and output at 4x width (~10), gates and residuals (~2).
-BLOCK_ACTIVATIONS = 26
+# Tensors one transformer block keeps for backward, in units of (tokens x width), per transformer class.
+# PixArt: norms and modulations (~4), self-attention q, k, v, output and projection input (~6),
+# cross-attention (~4), feed-forward input, GELU input and output at 4x width (~10), gates and
+# residuals (~2). Sana: its GLUMBConv feed-forward keeps 2 x 2.5 = 5 widths after conv_inverted, after
+# SiLU and after the depthwise conv, and 2.5 widths per GLU half and product, so it keeps more than
+# PixArt's: 37, counted with autograd's saved tensors of Sana-600M blocks (tests/test_plan.py).
+BLOCK_ACTIVATIONS = {"PixArtTransformer2DModel": 26, "SanaTransformer2DModel": 37}
 # Tensors a VAE decoder ResNet block keeps for backward, in units of (channels x pixels).
 RESNET_ACTIVATIONS = 7
+# The same for DC-AE's decoder blocks (Sana), counted with autograd's saved tensors on single blocks:
+# ResBlock (conv, RMS norm, SiLU, conv) 4; EfficientViTBlock (multi-scale linear attention, then a
+# GLUMBConv at 4x width) 49.
+DC_AE_BLOCK_ACTIVATIONS = {"ResBlock": 4, "EfficientViTBlock": 49}
 
 
 def read_component_configs(model: str) -> tuple[Base, dict[str, dict]]:
-    """The base and the config.json of the transformer, VAE and T5 of a local folder, or a preset's."""
+    """The base and the config.json of the transformer, VAE and text encoder of a local folder, or a preset's."""
     folder = Path(model).expanduser()
     if (folder / "model_index.json").is_file():
         base = detect_base(str(folder))  # an unsupported pipeline is refused in one line
@@ -49,30 +55,37 @@ def read_component_configs(model: str) -> tuple[Base, dict[str, dict]]:
                       f"{', '.join(PRESETS)} (or pass --model with a local save_pretrained folder)")
 
 
-def empty_models(configs: dict[str, dict]):
-    """The three models with the right shapes and no data (meta device): instant even for T5-XXL."""
+def empty_models(configs: dict[str, dict], base: Base = PIXART_ALPHA):
+    """The base's three models with the right shapes and no data (meta device): instant even for T5-XXL."""
+    import diffusers
+    import transformers
     from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, PixArtTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
 
     with init_empty_weights():
-        transformer = PixArtTransformer2DModel.from_config(configs["transformer"])
-        vae = AutoencoderKL.from_config(configs["vae"])
+        transformer = getattr(diffusers, base.transformer_class).from_config(configs["transformer"])
+        vae = getattr(diffusers, base.vae_class).from_config(configs["vae"])
         text_config = {k: v for k, v in configs["text_encoder"].items() if not k.startswith("_")}
-        text_encoder = T5EncoderModel(T5Config(**text_config))
-    # the encoder's token embedding is T5's shared one; init_empty_weights loses that tie
-    text_encoder.encoder.embed_tokens.weight = text_encoder.shared.weight
+        text_config_class = getattr(transformers, base.text_encoder_config_class)
+        text_encoder = getattr(transformers, base.text_encoder_class)(text_config_class(**text_config))
+    if hasattr(text_encoder, "shared"):  # T5's encoder embedding is its shared one; init_empty_weights loses that tie
+        text_encoder.encoder.embed_tokens.weight = text_encoder.shared.weight
     return transformer, vae, text_encoder
 
 
 def lora_tensor_sizes(module, targets: list[str], rank: int) -> list[int]:
-    """Element counts of the LoRA A and B matrices peft would add (same target matching as peft)."""
+    """Element counts of the LoRA A and B matrices peft would add (same target matching as peft):
+    a Linear's A is rank x in, a Conv2d's A a conv of rank channels with the layer's kernel."""
     import torch
 
     sizes = []
     for name, child in module.named_modules():
-        if isinstance(child, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+        if not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        if isinstance(child, torch.nn.Linear):
             sizes += [rank * child.in_features, rank * child.out_features]
+        elif isinstance(child, torch.nn.Conv2d):
+            kernel = child.kernel_size[0] * child.kernel_size[1]
+            sizes += [rank * child.in_channels // child.groups * kernel, rank * child.out_channels]
     return sizes
 
 
@@ -116,7 +129,7 @@ def transformer_activations(transformer, batch: int, resolution: int, vae_scale:
     c = transformer.config
     tokens = (resolution // vae_scale // c.patch_size) ** 2
     width = c.num_attention_heads * c.attention_head_dim
-    per_block = BLOCK_ACTIVATIONS * batch * tokens * width + 2 * batch * prompt_tokens * width
+    per_block = BLOCK_ACTIVATIONS[type(transformer).__name__] * batch * tokens * width + 2 * batch * prompt_tokens * width
     workspace = 8 * batch * tokens * width  # gradients of the widest (4x) feed-forward tensors
     if checkpointing:  # block inputs only, plus one block recomputed at a time
         return (c.num_layers * batch * tokens * width + per_block + workspace) * value_bytes
@@ -125,6 +138,8 @@ def transformer_activations(transformer, batch: int, resolution: int, vae_scale:
 
 def vae_decoder_activations(vae, batch: int, resolution: int, value_bytes: int, *, checkpointing: bool) -> int:
     """Tensors the VAE decoder keeps for backward when HLDF decodes with gradients."""
+    if "decoder_block_types" in vae.config:
+        return dc_ae_decoder_activations(vae, batch, resolution, value_bytes)
     c = vae.config
     channels = list(reversed(c.block_out_channels))
     size = resolution // 2 ** (len(channels) - 1)
@@ -139,6 +154,20 @@ def vae_decoder_activations(vae, batch: int, resolution: int, value_bytes: int, 
     if checkpointing:
         return batch * (max(blocks) + sum(blocks) // max(len(blocks), 1)) * value_bytes
     return batch * sum(blocks) * value_bytes
+
+
+def dc_ae_decoder_activations(vae, batch: int, resolution: int, value_bytes: int) -> int:
+    """DC-AE's decoder (Sana): stage i works at resolution / 2**i with its channels and layers; it
+    has no gradient checkpointing in diffusers (training refuses vae_gradient_checkpointing)."""
+    c = vae.config
+    values = 0
+    for level, (kind, width, layers) in enumerate(zip(c.decoder_block_types, c.decoder_block_out_channels,
+                                                      c.decoder_layers_per_block)):
+        size = resolution // 2 ** level
+        values += layers * DC_AE_BLOCK_ACTIVATIONS[kind] * width * size * size
+        values += width * size * size  # the upsampled input of the stage
+    values += 3 * c.decoder_block_out_channels[0] * resolution * resolution  # norm, SiLU, conv_out
+    return batch * values * value_bytes
 
 
 @dataclass
@@ -173,16 +202,18 @@ class MemoryPlan:
     def report(self) -> str:
         gib = lambda n: f"{n / GIB:8.2f} GiB"  # noqa: E731
         p = self.parameters
+        text = self.base.text_encoder.split()[0] if self.base else "text encoder"  # T5, Gemma
         lines = [f"memory plan for {self.model} on {self.device} (estimate; no weights were loaded)",
                  f"base: {self.base.name}, prompts up to {self.prompt_tokens} tokens of its "
                  f"{self.base.text_encoder} (limit {self.base.max_prompt_tokens})" if self.base else "base: unknown",
                  f"parameters: transformer {p['transformer'] / 1e6:.1f}M, VAE {p['vae'] / 1e6:.1f}M, "
-                 f"T5 {p['text_encoder'] / 1e6:.1f}M, LoRA {p['lora'] / 1e6:.2f}M"]
-        labels = {"transformer": "transformer weights", "vae": "VAE weights", "text_encoder": "T5 weights during the loop",
+                 f"{text} {p['text_encoder'] / 1e6:.1f}M, LoRA {p['lora'] / 1e6:.2f}M"]
+        labels = {"transformer": "transformer weights", "vae": "VAE weights",
+                  "text_encoder": f"{text} weights during the loop",
                   "adapters": "LoRA weights (fp32)", "gradients": "LoRA gradients (fp32)",
                   "optimizer": "optimizer state", "activations": "activations, plain step",
                   "activations_other": "  the same, checkpointing switched", "hldf": "HLDF step on top",
-                  "caching": "caching phase (T5 + VAE + transformer)"}
+                  "caching": f"caching phase ({text} + VAE + transformer)"}
         for key, label in labels.items():
             lines.append(f"  {label:<40}{gib(self.rows[key])}  {self.notes.get(key, '')}".rstrip())
         lines.append(f"  {'peak, plain step':<40}{gib(self.peak_plain)}")
@@ -199,14 +230,15 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     base, configs = read_component_configs(config.model)
-    check_trainable(base)  # its components are not the PixArt classes empty_models builds
-    transformer, vae, text_encoder = empty_models(configs)
+    transformer, vae, text_encoder = empty_models(configs, base)
     prompt_tokens = config.max_prompt_tokens or base.max_prompt_tokens
     model_bytes, text_bytes = _dtype_bytes(config.mixed_precision, device)
-    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    lora = lora_tensor_sizes(transformer, TRANSFORMER_TARGETS, config.lora_rank)
+    vae_scale = 2 ** (len(vae.config.get("block_out_channels") or vae.config.encoder_block_out_channels) - 1)
+    lora = lora_tensor_sizes(transformer, base.transformer_lora_targets(config.lora_feed_forward_convs),
+                             config.lora_rank)
     if config.train_text_encoder_lora:
-        lora += lora_tensor_sizes(text_encoder, TEXT_ENCODER_TARGETS, config.text_encoder_lora_rank or config.lora_rank)
+        lora += lora_tensor_sizes(text_encoder, base.text_encoder_lora_targets,
+                                  config.text_encoder_lora_rank or config.lora_rank)
     plan = MemoryPlan(config.model, device, {"transformer": count(transformer), "vae": count(vae),
                                              "text_encoder": count(text_encoder), "lora": sum(lora)},
                       base=base, prompt_tokens=prompt_tokens)
@@ -219,7 +251,7 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
     notes["text_encoder"] = (f"{t5 / GIB:.2f} GiB {config.text_encoder_quantization}; moved off the GPU once its "
                              "embeddings are cached" if t5_freed else
                              f"{config.text_encoder_quantization if config.text_encoder_quantization != 'none' else ''}"
-                             f"{' (embeddings cached: T5 not run in the loop)' if config.caches_text else ''}")
+                             f"{' (embeddings cached: not run in the loop)' if config.caches_text else ''}")
     rows["adapters"] = rows["gradients"] = 4 * sum(lora)
     if config.optimizer == "adamw8bit":  # bitsandbytes keeps fp32 state for tensors under 4096 values
         rows["optimizer"] = sum(2 * n if n >= 4096 else 8 * n for n in lora)
@@ -237,8 +269,8 @@ def memory_plan(config: TrainConfig, device: str = "cpu") -> MemoryPlan:
     notes["activations"] = f"batch {batch} at {resolution} px, gradient_checkpointing {config.gradient_checkpointing}"
     notes["activations_other"] = f"with gradient_checkpointing {not config.gradient_checkpointing}"
     if config.train_text_encoder_lora:
-        t5_width = text_encoder.config.d_model
-        t5_acts = text_encoder.config.num_layers * 12 * batch * prompt_tokens * t5_width * text_bytes
+        t5_width = text_encoder.config.hidden_size  # T5's d_model, Gemma2's hidden size
+        t5_acts = text_encoder.config.num_hidden_layers * 12 * batch * prompt_tokens * t5_width * text_bytes
         rows["activations"] += t5_acts
         rows["activations_other"] += t5_acts
 

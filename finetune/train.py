@@ -1,10 +1,10 @@
-"""LoRA + HLDF fine-tuning of a supported base (PixArt-alpha or PixArt-Sigma; medart_core.bases).
+"""LoRA + HLDF fine-tuning of a supported base (PixArt-alpha, PixArt-Sigma or Sana; medart_core.bases).
 
     accelerate launch finetune/train.py --config finetune/configs/paper.yaml [--key value ...]
 
 The story, top to bottom: config -> models (frozen base + LoRA adapters) -> data ->
-optimizer -> resume -> loop -> save. Each optimizer step trains on the latent noise-prediction
-loss; every `hldf_every` steps, Hybrid-Level Diffusion Fine-tuning also samples an image per real
+optimizer -> resume -> loop -> save. Each optimizer step trains on the base's latent loss (noise
+prediction for PixArt, flow matching for Sana: medart_core.objectives); every `hldf_every` steps, Hybrid-Level Diffusion Fine-tuning also samples an image per real
 image with the shared DPM-Solver++ loop *with gradients*, decodes it to pixels and adds a
 colour-distribution loss against the real batch. Sampler, losses and loaders come from
 medart_core, the same code the generation CLI and the app run.
@@ -16,8 +16,8 @@ transformer calls of an HLDF sample before one backward pass.
 Every random draw of a sample comes from its own seed (seed, micro-step, place in the global
 batch; medart_core.training_draws), so resuming, or splitting a batch over processes, changes none.
 
-With `cache: true` (the default) T5 and the VAE encoder run once per dataset, not every step: the
-loop reads cached latent distributions and prompt embeddings (medart_core.cache). `--plan`
+With `cache: true` (the default) the text encoder and the VAE encoder run once per dataset, not
+every step: the loop reads cached latents and prompt embeddings (medart_core.cache). `--plan`
 prints the estimated memory of a config and exits, without loading any weights (finetune/plan.py).
 """
 
@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
@@ -45,17 +44,19 @@ from tqdm.auto import tqdm
 from finetune.config import TrainConfig, load_config
 from medart_core.errors import MedArtError
 from medart_core.generation import GenerationSettings, generate_images, process_state
-from medart_core.lora import TEXT_ENCODER_TARGETS, TRANSFORMER_TARGETS, add_lora, lora_config
+from medart_core.lora import add_lora, lora_config
 from medart_core.cache import DEFAULT_CACHE_FOLDER, EmbeddingStore, text_cache_key
-from medart_core.bases import base_of_pipeline, check_trainable, detect_base
+from medart_core.bases import base_of_pipeline
 from medart_core.losses import (channel_sums_from_statistics, colour_statistics_distance, hldf_color_loss,
-                                image_channel_statistics, noise_prediction_loss, statistics_from_sums)
+                                image_channel_statistics, statistics_from_sums)
 from medart_core.lora_file import LORA_FILE, write_lora_file
 from medart_core.pipeline import (TEXT_ENCODER_ADAPTER, TRANSFORMER_ADAPTER, AdapterPaths, LoadedModel, Precision,
                                   PromptEncoder, load_pipeline)
+from medart_core.objectives import training_objective
 from medart_core.sampling import TextConditioning, decode_latents, dpm_solver_sample, micro_conditions, predict_noise
 from medart_core.synthetic import save_synthetic_png
-from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampler, cache_latents, sample_cached_latents
+from medart_core.training_data import (ImageCaptionDataset, ResumableShuffleSampler, cache_latents, encode_latents,
+                                       sample_cached_latents)
 from medart_core.training_draws import micro_step_seed, sample_draws, sample_generator, sample_seed, use_sample_dropout
 
 logger = logging.getLogger("medart.train")
@@ -83,11 +84,17 @@ def training_precision(device: torch.device, mixed_precision: str) -> Precision:
 
 
 def build_models(config: TrainConfig, precision: Precision):
-    """The base pipeline with a trainable LoRA on the transformer (and optionally on T5); all else frozen."""
-    check_trainable(detect_base(config.model))
+    """The base pipeline with a trainable LoRA on the transformer (and optionally on its text
+    encoder), on the modules its medart_core.bases entry names; all else frozen."""
     loaded = load_pipeline(config.model, precision=precision, prompt_cache_size=0,
                            text_encoder_quantization=config.text_encoder_quantization)
-    pipe = loaded.pipe
+    pipe, base = loaded.pipe, loaded.base
+    if config.lora_feed_forward_convs and not base.lora_conv_targets:
+        raise MedArtError(f"lora_feed_forward_convs is for Sana's convolutional feed-forward; {base.name}'s "
+                          "feed-forward linears are adapted already: set it false")
+    if config.vae_gradient_checkpointing and not pipe.vae._supports_gradient_checkpointing:
+        raise MedArtError(f"{type(pipe.vae).__name__} ({base.vae}) has no gradient checkpointing in diffusers: "
+                          "set vae_gradient_checkpointing false")
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     if config.gradient_checkpointing:
@@ -99,19 +106,25 @@ def build_models(config: TrainConfig, precision: Precision):
     if config.vae_gradient_checkpointing:
         pipe.vae.enable_gradient_checkpointing()
     transformer_lora = add_lora(pipe.transformer, lora_config(
-        TRANSFORMER_TARGETS, rank=config.lora_rank, alpha=config.lora_alpha,
+        base.transformer_lora_targets(config.lora_feed_forward_convs), rank=config.lora_rank, alpha=config.lora_alpha,
         dropout=config.lora_dropout, use_dora=config.use_dora, init=config.lora_init))
     text_encoder_lora = None
     if config.train_text_encoder_lora:
         text_encoder_lora = add_lora(pipe.text_encoder, lora_config(
-            TEXT_ENCODER_TARGETS, rank=config.text_encoder_lora_rank or config.lora_rank,
+            base.text_encoder_lora_targets, rank=config.text_encoder_lora_rank or config.lora_rank,
             alpha=config.lora_alpha, dropout=config.lora_dropout, use_dora=config.use_dora, init=config.lora_init))
     for adapted in (transformer_lora, text_encoder_lora):
         if adapted is not None:
             use_sample_dropout(adapted)  # LoRA dropout masks from each sample's seed (resume, processes)
     pipe.transformer.train()
-    pipe.text_encoder.eval()  # T5 dropout stays off, LoRA or not
+    pipe.text_encoder.eval()  # text-encoder dropout stays off, LoRA or not
     return loaded, transformer_lora, text_encoder_lora
+
+
+def build_objective(models, config: TrainConfig):
+    """The base's training objective (medart_core.objectives) on its own scheduler config."""
+    return training_objective(models.base, models.pipe.scheduler.config, weighting_scheme=config.weighting_scheme,
+                              logit_mean=config.logit_mean, logit_std=config.logit_std, mode_scale=config.mode_scale)
 
 
 def make_optimizer(parameters, config: TrainConfig, device: torch.device):
@@ -150,14 +163,15 @@ def encode_text(prompts: PromptEncoder, texts: list[str], trainable: bool, dtype
     return text.to(prompts.pipe.transformer.device, dtype)
 
 
-def noise_prediction_step(models, batch, config, generators, noise_scheduler, accelerator):
-    """The usual latent diffusion loss on a real batch (with flips and caption dropout). Returns the
+def noise_prediction_step(models, batch, config, generators, objective, accelerator):
+    """The base's latent diffusion loss on a real batch (with flips and caption dropout): noise
+    prediction for PixArt, flow matching for Sana (`objective`: build_objective). Returns the
     loss and each real image's per-channel colour mean and std in [0, 1] ((B, C) each), for HLDF.
 
     `generators`: one per sample (batch_generators); each sample's flip, caption dropout, latent
     sample, noise and timestep come from its own, so they do not depend on the rest of the batch.
-    A batch holds pixels, or cached latent distributions (see medart_core.training_data): both
-    draw the same random numbers in the same order, so they give the same loss."""
+    A batch holds pixels, or cached latents (see medart_core.training_data): both draw the same
+    random numbers in the same order, so they give the same loss."""
     pipe = models.pipe
     device, dtype = accelerator.device, pipe.transformer.dtype
     size = len(batch["text"])
@@ -169,25 +183,23 @@ def noise_prediction_step(models, batch, config, generators, noise_scheduler, ac
     dropped = torch.cat([torch.rand(1, generator=g) for g in generators]) < config.caption_dropout
     texts = ["" if drop else text for drop, text in zip(dropped.tolist(), batch["text"])]
     text = encode_text(models.prompts, texts, config.train_text_encoder_lora, dtype)
-    if "latent_mean" in batch:
+    if "pixels" not in batch:
         latents = sample_cached_latents(batch, flip, generators, device)
         real_colour = batch["rgb_mean"], batch["rgb_std"]  # a flip leaves them unchanged
     else:
         pixels = batch["pixels"].to(device)
         pixels = torch.where(flip.to(device)[:, None, None, None], pixels.flip(-1), pixels)
         with torch.no_grad():
-            latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.sample(generator=generators)
+            latents = encode_latents(pipe.vae, pixels.to(pipe.vae.dtype), generators)
         real_colour = image_channel_statistics(pixels.float() / 2 + 0.5)
     latents = (latents * pipe.vae.config.scaling_factor).to(dtype)
     noise = randn_tensor(latents.shape, generator=generators, dtype=torch.float32).to(device, dtype)
-    timesteps = torch.cat([torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=g)
-                           for g in generators])
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps.to(device))
+    noised = objective.noise(latents, noise, generators)
     added = micro_conditions(pipe.transformer, len(latents), config.resolution, config.resolution,
                              device=device, dtype=dtype)
     with accelerator.autocast():
-        predicted = predict_noise(pipe.transformer, noisy, timesteps.to(device), text, added)
-    return noise_prediction_loss(predicted, noise), real_colour
+        predicted = predict_noise(pipe.transformer, noised.latents, noised.timesteps, text, added)
+    return objective.loss(predicted, noised), real_colour
 
 
 def hldf_colour_step(models, real_colour, texts, config, generators, accelerator):
@@ -203,7 +215,7 @@ def hldf_colour_step(models, real_colour, texts, config, generators, accelerator
     size = config.resolution // pipe.vae_scale_factor
     shape = (len(texts), pipe.transformer.config.in_channels, size, size)
     noise = randn_tensor(shape, generator=generators, dtype=torch.float32) * pipe.scheduler.init_noise_sigma
-    noise = noise.to(device, dtype)
+    noise = noise.to(device, models.base.latent_dtype(dtype))  # as generation samples: fp32 for Sana
     with accelerator.autocast():
         latents = dpm_solver_sample(
             pipe.transformer, pipe.scheduler, noise, text, negative,
@@ -253,7 +265,7 @@ def prepare_cached_inputs(models, images, prompts, config, accelerator):
             logger.info("latents are not cached with random crops (center_crop false): the VAE runs every step")
         if config.caches_text:
             store = EmbeddingStore(cache_dir, text_cache_key(pipe, config.model, max_tokens=max_tokens,
-                                                             clean_caption=True,
+                                                             clean_caption=models.base.clean_caption,
                                                              quantization=config.text_encoder_quantization))
             PromptEncoder(pipe, store=store, max_tokens=max_tokens).precompute(prompts)
     encoder = PromptEncoder(pipe, max_entries=len(prompts), store=store, max_tokens=max_tokens)
@@ -263,7 +275,7 @@ def prepare_cached_inputs(models, images, prompts, config, accelerator):
     return dataset, encoder
 
 
-def accumulate_gradients(models, batches, config, noise_scheduler, accelerator, *, micro_step: int,
+def accumulate_gradients(models, batches, config, objective, accelerator, *, micro_step: int,
                          hldf_now: bool, nonfinite_loss: bool = False) -> tuple[dict, bool]:
     """Back-propagate the loss of one optimizer step's micro-batches (the first is `micro_step`)
     into the LoRA gradients; returns the logs and whether every loss was finite.
@@ -279,7 +291,7 @@ def accumulate_gradients(models, batches, config, noise_scheduler, accelerator, 
         torch.manual_seed(micro_step_seed(config.seed, micro_step + index))  # LoRA dropout's salts draw from it
         generators = batch_generators(batch)
         with sample_draws(batch["sample_seed"].tolist()):
-            loss, real_colour = noise_prediction_step(models, batch, config, generators, noise_scheduler, accelerator)
+            loss, real_colour = noise_prediction_step(models, batch, config, generators, objective, accelerator)
             if nonfinite_loss:
                 loss = loss * float("nan")
             logs["loss/mse"] += mean_over_processes(loss, accelerator) / accumulation
@@ -368,24 +380,25 @@ def average_gradients(parameters: list[torch.Tensor], accelerator: Accelerator) 
 # checkpoints, validation, model card
 
 
-def save_adapters(folder: Path, transformer_lora, text_encoder_lora) -> None:
-    """PEFT folders, and the same adapters as one file in diffusers' LoRA layout (medart_core.lora_file)."""
+def save_adapters(folder: Path, transformer_lora, text_encoder_lora, base) -> None:
+    """PEFT folders, and the adapters the base's stock LoRA loader reads as one file in diffusers'
+    LoRA layout (medart_core.lora_file; Sana's: the transformer only, Gemma2 stays a PEFT folder)."""
     transformer_lora.save_pretrained(folder / TRANSFORMER_ADAPTER)
     adapters = {"transformer": transformer_lora}
     if text_encoder_lora is not None:
         text_encoder_lora.save_pretrained(folder / TEXT_ENCODER_ADAPTER)
         adapters["text_encoder"] = text_encoder_lora
-    write_lora_file(folder, adapters)
+    write_lora_file(folder, {c: a for c, a in adapters.items() if c in base.lora_file_components})
 
 
-def save_checkpoint(output_dir: Path, state: dict, transformer_lora, text_encoder_lora, keep: int) -> Path:
+def save_checkpoint(output_dir: Path, state: dict, transformer_lora, text_encoder_lora, keep: int, base) -> Path:
     """checkpoint-<step>/ with the adapters (usable by `generate --lora`) and the full resume
     state, written under a temporary name and renamed, so a crash never leaves half a checkpoint."""
     final = output_dir / "checkpoints" / f"checkpoint-{state['global_step']}"
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_adapters(partial, transformer_lora, text_encoder_lora)
+    save_adapters(partial, transformer_lora, text_encoder_lora, base)
     torch.save(state, partial / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
@@ -449,27 +462,37 @@ def run_validation(models, config, prompts, seeds, step, output_dir, accelerator
     return folder
 
 
-def write_model_card(output_dir: Path, config: TrainConfig, summary: dict, base_name: str) -> None:
+def write_model_card(output_dir: Path, config: TrainConfig, summary: dict, base) -> None:
     figures = "\n".join(f"| {key} | {value} |" for key, value in summary.items())
+    text_encoder = base.text_encoder.split(",")[0]
+    in_file = [c for c in ("transformer", "text_encoder") if c in base.lora_file_components
+               and (c == "transformer" or config.train_text_encoder_lora)]
+    single_file = (f"The {' and '.join(in_file).replace('_', ' ')} adapter{'s' if len(in_file) > 1 else ''} as one "
+                   f"file in diffusers' LoRA layout, with the LoRA config in its header: `{LORA_FILE}` "
+                   f"(`--lora {output_dir}/{LORA_FILE}` loads it too")
+    stock_loader = hasattr(base.pipeline_type(), "load_lora_weights")  # Sana's pipeline has one, PixArt's not
+    single_file += (f"; so does the stock `{base.pipeline_class}.load_lora_weights`)." if stock_loader else ").")
+    if config.train_text_encoder_lora and "text_encoder" not in base.lora_file_components:
+        single_file += (f" The {text_encoder} adapter is not in that file (the stock loader reads the transformer's "
+                        f"only): it stays the PEFT folder `{TEXT_ENCODER_ADAPTER}/`, which `--lora {output_dir}` loads.")
     (output_dir / "README.md").write_text(f"""---
 base_model: {config.model}
 library_name: peft
-tags: [medart, {base_name.lower()}, lora, hldf, medical-imaging, text-to-image]
+tags: [medart, {base.name.lower()}, lora, hldf, medical-imaging, text-to-image]
 ---
 
 # Med-Art LoRA adapters for {config.model}
 
-LoRA adapters (PEFT) for the transformer{' and the T5 text encoder' if config.train_text_encoder_lora else ''} of
-`{config.model}` ({base_name}), fine-tuned by Med-Art on `{config.data}` with
-{'Hybrid-Level Diffusion Fine-tuning (colour loss every ' + str(config.hldf_every) + ' steps)' if config.hldf_every else 'the noise-prediction loss only (HLDF off)'}.
+LoRA adapters (PEFT) for the transformer{' and the ' + text_encoder + ' text encoder' if config.train_text_encoder_lora else ''} of
+`{config.model}` ({base.name}), fine-tuned by Med-Art on `{config.data}` with
+{'Hybrid-Level Diffusion Fine-tuning (colour loss every ' + str(config.hldf_every) + ' steps)' if config.hldf_every else 'the latent loss only (HLDF off)'}.
 
 **Not for clinical use.** Images generated with these adapters are synthetic: they are not
 patient images and must not be used for diagnosis.
 
 Use: `python -m medart_core generate --model {config.model} --lora {output_dir} --prompt "..." --out DIR`
 
-The same adapters as one file in diffusers' LoRA layout, with the LoRA config in its header:
-`{LORA_FILE}` (`--lora {output_dir}/{LORA_FILE}` loads it too).
+{single_file}
 
 ## Figures
 
@@ -538,7 +561,7 @@ def train(config: TrainConfig) -> Path:
     precision = training_precision(accelerator.device, accelerator.mixed_precision)
     models, transformer_lora, text_encoder_lora = build_models(config, precision)
     pipe = models.pipe
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    objective = build_objective(models, config)
     trainable = [p for p in pipe.transformer.parameters() if p.requires_grad]
     if text_encoder_lora is not None:
         trainable += [p for p in pipe.text_encoder.parameters() if p.requires_grad]
@@ -586,7 +609,7 @@ def train(config: TrainConfig) -> Path:
     nonfinite_steps = injected_nonfinite_steps(rank)
     while global_step < config.max_train_steps:
         hldf_now = config.hldf_every > 0 and (global_step + 1) % config.hldf_every == 0
-        logs, finite = accumulate_gradients(models, batches, config, noise_scheduler, accelerator,
+        logs, finite = accumulate_gradients(models, batches, config, objective, accelerator,
                                             micro_step=micro_step, hldf_now=hldf_now,
                                             nonfinite_loss=global_step + 1 in nonfinite_steps)
         micro_step += config.gradient_accumulation_steps
@@ -624,7 +647,8 @@ def train(config: TrainConfig) -> Path:
             state = {"global_step": global_step, "skipped_steps": skipped_steps, "optimizer": optimizer.state_dict(),
                      "lr_scheduler": lr_scheduler.state_dict(), "config": vars(config),
                      "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
-            save_checkpoint(output_dir, state, transformer_lora, text_encoder_lora, config.checkpoints_total_limit)
+            save_checkpoint(output_dir, state, transformer_lora, text_encoder_lora, config.checkpoints_total_limit,
+                            models.base)
         if is_main and config.validation_steps and global_step % config.validation_steps == 0:
             run_validation(models, config, validation_prompts, validation_seeds, global_step, output_dir, accelerator)
         accelerator.wait_for_everyone()
@@ -632,13 +656,13 @@ def train(config: TrainConfig) -> Path:
 
     # save
     if is_main:
-        save_adapters(output_dir, transformer_lora, text_encoder_lora)
+        save_adapters(output_dir, transformer_lora, text_encoder_lora, models.base)
         run_validation(models, config, validation_prompts, validation_seeds, global_step, output_dir, accelerator)
         summary = {"optimizer steps": global_step, "skipped (non-finite) steps": skipped_steps,
                    "processes": accelerator.num_processes, "mixed precision": accelerator.mixed_precision,
                    "wall time this run (s)": round(time.time() - started, 1),
                    **{k: round(v, 6) for k, v in last_logs.items() if isinstance(v, float)}}
-        write_model_card(output_dir, config, summary, models.base.name)
+        write_model_card(output_dir, config, summary, models.base)
         logger.info("adapters in %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -33,13 +33,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import DDPMScheduler
 from huggingface_hub import ModelCard, ModelCardData
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from finetune.config import TrainConfig
-from finetune.train import noise_prediction_step, step_generators
+from finetune.train import build_objective, noise_prediction_step, step_generators
 from medart_core.pipeline import AdapterPaths, LoadedModel, Precision, PromptEncoder
 from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline, train_t5_tokenizer
 from medart_core.training_data import ImageCaptionDataset, ResumableShuffleSampler, cache_latents
@@ -195,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     warmup = 200
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1.0))))
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    objective = build_objective(models, config)
     # the VAE is frozen from here on: encode every image (and its mirror image) once
     latent_dir = tempfile.TemporaryDirectory(prefix="medart-demo-latents-")
     latents = cache_latents(dataset, pipe.vae, latent_dir.name, model_id=str(out))
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     weights_ema = EMAModel(transformer.parameters(), decay=args.ema_decay, foreach=True) if args.ema_decay else None
     for step in tqdm(range(1, args.steps + 1), desc="transformer"):
         loss, _ = noise_prediction_step(models, next(stream), config, step_generators(args.seed, step, args.batch_size),
-                                        noise_scheduler, accelerator)
+                                        objective, accelerator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)

@@ -14,6 +14,27 @@ from pathlib import Path
 
 from medart_core.errors import MedArtError
 
+# LoRA targets. PixArtTransformer2DModel: attention (self and cross), feed-forward, and the adaLN-single /
+# timestep / caption-projection linears.
+PIXART_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0",
+    "ff.net.0.proj", "ff.net.2",
+    "adaln_single.linear", "timestep_embedder.linear_1", "timestep_embedder.linear_2",
+    "caption_projection.linear_1", "caption_projection.linear_2",
+)
+# T5 v1.1 (PixArt's T5-XXL) has gated feed-forwards: wi_0 and wi_1, no wi.
+T5_LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+# SanaTransformer2DModel: attn1 (linear self-attention) and attn2 (cross-attention), the timestep embedding
+# and its adaLN-single linear, the caption projection. Its feed-forward (GLUMBConv) is convolutions.
+SANA_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0",
+    "timestep_embedder.linear_1", "timestep_embedder.linear_2", "time_embed.linear",
+    "caption_projection.linear_1", "caption_projection.linear_2",
+)
+# GLUMBConv's pointwise Conv2d layers (the depthwise conv_depth between them stays frozen)
+SANA_FEED_FORWARD_CONVS = ("ff.conv_inverted", "ff.conv_point")
+GEMMA2_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 @dataclass(frozen=True)
 class Base:
@@ -28,7 +49,21 @@ class Base:
     learned_sigma: bool  # the transformer outputs (prediction, variance) halves
     used_by_paper: bool  # Guo et al. 2025 fine-tuned this base
     clean_caption: bool = True  # the stock pipeline's default caption cleaning (PixArt: on, Sana: off)
-    trains: bool = True  # the trainer and its memory plan handle it (Sana: generation only, for now)
+    # the component classes, by name: the memory plan builds them empty from config files
+    transformer_class: str = "PixArtTransformer2DModel"  # diffusers
+    vae_class: str = "AutoencoderKL"  # diffusers
+    text_encoder_class: str = "T5EncoderModel"  # transformers
+    text_encoder_config_class: str = "T5Config"  # transformers
+    # LoRA: peft target module names (suffixes of module paths)
+    lora_targets: tuple[str, ...] = PIXART_LORA_TARGETS
+    lora_conv_targets: tuple[str, ...] = ()  # Conv2d layers adapted only on request (lora_feed_forward_convs)
+    text_encoder_lora_targets: tuple[str, ...] = T5_LORA_TARGETS
+    # which adapters the single-file LoRA holds: those the base's stock LoRA loader reads (Sana's loads the
+    # transformer only, so a Gemma2 LoRA stays a PEFT folder); PixArt has no stock loader: Med-Art reads both
+    lora_file_components: tuple[str, ...] = ("transformer", "text_encoder")
+    # the stock pipeline keeps latents in fp32 and casts only the transformer's input (Sana); PixArt's keep
+    # the transformer's dtype
+    fp32_latents: bool = False
 
     def pipeline_type(self):
         """The diffusers pipeline class (imported only when asked for)."""
@@ -44,6 +79,16 @@ class Base:
 
         parameter = inspect.signature(self.pipeline_type().__call__).parameters.get("complex_human_instruction")
         return list(parameter.default) if parameter is not None and parameter.default else None
+
+    def transformer_lora_targets(self, feed_forward_convs: bool = False) -> tuple[str, ...]:
+        """peft targets of the transformer LoRA; with `feed_forward_convs` also the optional convolutions."""
+        return self.lora_targets + (self.lora_conv_targets if feed_forward_convs else ())
+
+    def latent_dtype(self, transformer_dtype):
+        """The dtype sampling keeps latents in, as the stock pipeline does (the transformer's input is cast)."""
+        import torch
+
+        return torch.float32 if self.fp32_latents else transformer_dtype
 
 
 PIXART_ALPHA = Base(
@@ -77,7 +122,15 @@ SANA = Base(
     learned_sigma=False,
     used_by_paper=False,
     clean_caption=False,
-    trains=False,
+    transformer_class="SanaTransformer2DModel",
+    vae_class="AutoencoderDC",
+    text_encoder_class="Gemma2Model",
+    text_encoder_config_class="Gemma2Config",
+    lora_targets=SANA_LORA_TARGETS,
+    lora_conv_targets=SANA_FEED_FORWARD_CONVS,
+    text_encoder_lora_targets=GEMMA2_LORA_TARGETS,
+    lora_file_components=("transformer",),
+    fp32_latents=True,
 )
 
 BASES: dict[str, Base] = {base.pipeline_class: base for base in (PIXART_ALPHA, PIXART_SIGMA, SANA)}
@@ -85,15 +138,6 @@ BASES: dict[str, Base] = {base.pipeline_class: base for base in (PIXART_ALPHA, P
 
 def supported() -> str:
     return ", ".join(f"{b.pipeline_class} ({b.name})" for b in BASES.values())
-
-
-def check_trainable(base: Base) -> Base:
-    """Refuse, in one line, a base the trainer does not handle yet, before a long load or a wrong plan."""
-    if not base.trains:
-        trainable = ", ".join(b.name for b in BASES.values() if b.trains)
-        raise MedArtError(f"training {base.name} is not supported yet (Med-Art generates with it); "
-                          f"bases that train: {trainable}")
-    return base
 
 
 def base_for_class(class_name: str | None, where: str) -> Base:

@@ -7,12 +7,14 @@ image. Both are computed once and kept as safetensors shards:
     <cache_dir>/text-<key>/shard-00000.safetensors     "<sha256 of prompt>.embeds" / ".mask"
     <cache_dir>/latents-<key>/shard-00000.safetensors  "<sha256 of image file>.mean" / ".std" /
                                                        ".flip_mean" / ".flip_std" / ".rgb_mean" / ".rgb_std"
+                                                       (DC-AE: ".latent" / ".flip_latent" for the four)
 
 `<key>` hashes everything that changes the numbers (model id, component config, weight files'
 sizes and times for a local folder, the snapshot commit of a hub model, dtype, quantisation,
 adapters; for latents also resolution and crop mode), so changing any of them starts a new folder; an edited image has a new content
 hash and is re-encoded. Latents are stored as the VAE's Gaussian (mean and std), not a sample,
-so every epoch still draws a fresh latent from the same distribution.
+so every epoch still draws a fresh latent from the same distribution; Sana's DC-AE encodes
+deterministically (no latent distribution), so its latent itself is stored.
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ class TensorShardStore:
     def get(self, entry: str, fields: tuple[str, ...]) -> dict[str, torch.Tensor]:
         handle = self._open[self._where[entry]]
         return {f: handle.get_tensor(f"{entry}.{f}") for f in fields}
+
+    def fields(self, entry: str) -> set[str]:
+        """The field names stored for `entry`."""
+        handle = self._open[self._where[entry]]
+        return {name.rsplit(".", 1)[1] for name in handle.keys() if name.rsplit(".", 1)[0] == entry}
 
     def add(self, entries: dict[str, dict[str, torch.Tensor]]) -> None:
         from safetensors.torch import save_file

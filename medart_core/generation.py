@@ -85,7 +85,8 @@ def generate_images(
     negative = model.prompts([""] * len(prompts)).to(device, dtype) if settings.guidance > 1 else None
     channels = pipe.transformer.config.in_channels
     shape = (len(prompts), channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    noise = initial_noise(shape, seeds, device=device, dtype=dtype, init_sigma=pipe.scheduler.init_noise_sigma)
+    noise = initial_noise(shape, seeds, device=device, dtype=model.base.latent_dtype(dtype),
+                          init_sigma=pipe.scheduler.init_noise_sigma)
     with torch.no_grad():
         latents = dpm_solver_sample(
             pipe.transformer, pipe.scheduler, noise, text, negative,

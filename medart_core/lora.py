@@ -1,4 +1,4 @@
-"""LoRA adapter configurations for PixArt-alpha's transformer and its T5 text encoder (PEFT).
+"""LoRA adapter configurations for a base's transformer and its text encoder (PEFT).
 
 Adapters are stock PEFT folders (adapter_config.json + adapter_model.safetensors) that
 `peft.PeftModel.from_pretrained` loads onto the stock diffusers/transformers modules.
@@ -6,16 +6,11 @@ Adapters are stock PEFT folders (adapter_config.json + adapter_model.safetensors
 
 from __future__ import annotations
 
-# Attention (self and cross), feed-forward, and the adaLN-single / timestep / caption-projection
-# linears of PixArtTransformer2DModel.
-TRANSFORMER_TARGETS = [
-    "to_q", "to_k", "to_v", "to_out.0",
-    "ff.net.0.proj", "ff.net.2",
-    "adaln_single.linear", "timestep_embedder.linear_1", "timestep_embedder.linear_2",
-    "caption_projection.linear_1", "caption_projection.linear_2",
-]
-# T5 v1.1 (PixArt's T5-XXL) has gated feed-forwards: wi_0 and wi_1, no wi.
-TEXT_ENCODER_TARGETS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
+from medart_core.bases import PIXART_LORA_TARGETS, T5_LORA_TARGETS
+
+# Each base's targets live in its medart_core.bases entry; these name PixArt's (and its T5's).
+TRANSFORMER_TARGETS = list(PIXART_LORA_TARGETS)
+TEXT_ENCODER_TARGETS = list(T5_LORA_TARGETS)
 
 
 def lora_config(targets: list[str], *, rank: int = 16, alpha: float | None = None,
@@ -33,7 +28,7 @@ def lora_config(targets: list[str], *, rank: int = 16, alpha: float | None = Non
         lora_dropout=dropout,
         use_dora=use_dora,
         init_lora_weights=init,
-        target_modules=targets,
+        target_modules=list(targets),
     )
 
 

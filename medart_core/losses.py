@@ -94,3 +94,12 @@ def hldf_color_loss(generated: torch.Tensor, real_means: torch.Tensor, real_stds
         pooled = pool_channel_statistics(real_means, real_stds, pixels_per_image)
         return color_distribution_loss_to_statistics(generated, *pooled)
     raise ValueError(f"colour pairing must be per_image or batch, got {pairing!r}")
+
+
+def flow_matching_loss(predicted: torch.Tensor, target: torch.Tensor, weighting: torch.Tensor | None = None):
+    """Flow matching's weighted squared error (velocity target noise - x_0), a mean per image then
+    over the batch, in fp32, as diffusers' Sana LoRA script reduces it."""
+    error = (predicted.float() - target.float()) ** 2
+    if weighting is not None:
+        error = weighting.float() * error
+    return error.reshape(error.shape[0], -1).mean(dim=1).mean()

@@ -109,15 +109,17 @@ def text_encoder_quantization_config(quantization: str, device: torch.device, co
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
 
 
-def load_quantized_text_encoder(source: str, quantization: str, precision: "Precision"):
-    """T5EncoderModel with 8-bit or 4-bit linears (bitsandbytes), placed on the target device."""
-    from transformers import T5EncoderModel
+def load_quantized_text_encoder(source: str, quantization: str, precision: "Precision", base: Base | None = None):
+    """The base's text encoder (T5EncoderModel, Sana's Gemma2Model) with 8-bit or 4-bit linears
+    (bitsandbytes), placed on the target device."""
+    import transformers
 
+    encoder_class = getattr(transformers, base.text_encoder_class if base is not None else "T5EncoderModel")
     config = text_encoder_quantization_config(quantization, precision.device, precision.text_encoder_dtype)
     device_map = {"": precision.device.index or 0} if precision.device.type == "cuda" else {"": str(precision.device)}
     try:
         # the dtype must be explicit: left out, transformers loads a quantised model's other weights in fp16
-        return T5EncoderModel.from_pretrained(source, subfolder="text_encoder", quantization_config=config,
+        return encoder_class.from_pretrained(source, subfolder="text_encoder", quantization_config=config,
                                               dtype=precision.text_encoder_dtype, device_map=device_map)
     except (RuntimeError, ValueError, ImportError) as err:
         raise MedArtError(f"cannot load T5 in {quantization} on {precision.device} with bitsandbytes "
@@ -249,7 +251,7 @@ def load_pipeline(
                                                                   dtype=precision.model_dtype)
             where = preset.components_repo
         if text_encoder_quantization != "none":
-            components["text_encoder"] = load_quantized_text_encoder(where, text_encoder_quantization, precision)
+            components["text_encoder"] = load_quantized_text_encoder(where, text_encoder_quantization, precision, base)
         pipe = base.pipeline_type().from_pretrained(where, dtype=dtypes, **components)
     except (OSError, ValueError) as err:
         raise MedArtError(

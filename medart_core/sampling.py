@@ -70,7 +70,7 @@ def predict_noise(transformer, latents, timestep, text: TextConditioning, added_
         timestep = timestep * transformer.config.timestep_scale
     extra = {} if added_cond_kwargs is None else {"added_cond_kwargs": added_cond_kwargs}
     output = transformer(
-        latents,
+        latents.to(transformer.dtype),  # a no-op for PixArt; Sana's pipeline keeps fp32 latents and casts its input
         encoder_hidden_states=text.embeds,
         encoder_attention_mask=text.mask,
         timestep=timestep,
@@ -116,7 +116,8 @@ def dpm_solver_sample(
     gradient_checkpointing: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Denoise `noise` (already scaled by the scheduler's init sigma) into clean latents.
+    """Denoise `noise` (already scaled by the scheduler's init sigma) into clean latents, in the
+    dtype of `noise` (the transformer's for PixArt, fp32 for Sana: Base.latent_dtype).
 
     text / negative: conditioning for each image of the batch; with `guidance_scale > 1` and a
         negative (the empty prompt, for PixArt and Sana), both halves run in one transformer batch.
@@ -163,6 +164,7 @@ def dpm_solver_sample(
                                  added, use_reentrant=False)
             else:
                 eps = predict_noise(transformer, model_input, t, conditioning, added)
+            eps = eps.to(latents.dtype)  # fp32 latents (Sana) take an fp32 prediction, as SanaPipeline upcasts it
             if guided:
                 eps_uncond, eps_text = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_text - eps_uncond)

@@ -85,37 +85,63 @@ class ImageCaptionDataset(Dataset):
         return pixels[..., top: top + self.resolution, left: left + self.resolution]
 
 
-LATENT_FIELDS = ("mean", "std", "flip_mean", "flip_std", "rgb_mean", "rgb_std")
+# What the cache keeps of an image: a KL VAE's latent Gaussian (PixArt), or a deterministic
+# encoder's latent itself (Sana's DC-AE: `EncoderOutput.latent`, no `latent_dist`); both also of the
+# mirror image, and the image's colour statistics.
+DISTRIBUTION_FIELDS = ("mean", "std", "flip_mean", "flip_std")
+DETERMINISTIC_FIELDS = ("latent", "flip_latent")
+COLOUR_FIELDS = ("rgb_mean", "rgb_std")
+
+
+def encode_latents(vae, pixels: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """Unscaled latents of `pixels`: a draw from a KL VAE's latent distribution (one generator per
+    image), or a deterministic encoder's latent (DC-AE), which draws nothing."""
+    output = vae.encode(pixels)
+    distribution = getattr(output, "latent_dist", None)
+    return output.latent if distribution is None else distribution.sample(generator=generators)
+
+
+def encode_latent_fields(vae, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The cached fields of a batch of images, (B, ...) each (see DISTRIBUTION_FIELDS)."""
+    plain, flipped = vae.encode(pixels), vae.encode(pixels.flip(-1))
+    if getattr(plain, "latent_dist", None) is None:
+        return {"latent": plain.latent, "flip_latent": flipped.latent}
+    return {"mean": plain.latent_dist.mean, "std": plain.latent_dist.std, "flip_mean": flipped.latent_dist.mean,
+            "flip_std": flipped.latent_dist.std}
 
 
 class CachedLatentDataset(Dataset):
-    """The records of an ImageCaptionDataset with, per image, its cached latent Gaussian (mean,
-    std; also of the flipped image) and its per-channel colour mean and std in [0, 1]."""
+    """The records of an ImageCaptionDataset with, per image, its cached latents (see
+    DISTRIBUTION_FIELDS) and its per-channel colour mean and std in [0, 1]."""
 
-    def __init__(self, images: ImageCaptionDataset, store: TensorShardStore, hashes: list[str]):
-        self.records, self.store, self.hashes = images.records, store, hashes
+    def __init__(self, images: ImageCaptionDataset, store: TensorShardStore, hashes: list[str],
+                 fields: tuple[str, ...] = DISTRIBUTION_FIELDS):
+        self.records, self.store, self.hashes, self.fields = images.records, store, hashes, fields
         self.resolution = images.resolution
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, key) -> dict:
-        """`key`: an index, or (index, sample seed) as ResumableShuffleSampler yields them."""
+        """`key`: an index, or (index, sample seed) as ResumableShuffleSampler yields them; latent
+        fields come as `latent_<field>` (`latent_mean`, ..., or `latent_latent`, `latent_flip_latent`)."""
         index, seed = key if isinstance(key, tuple) else (key, None)
-        found = self.store.get(self.hashes[index], LATENT_FIELDS)
-        item = {"latent_mean": found["mean"], "latent_std": found["std"], "latent_flip_mean": found["flip_mean"],
-                "latent_flip_std": found["flip_std"], "rgb_mean": found["rgb_mean"], "rgb_std": found["rgb_std"],
+        found = self.store.get(self.hashes[index], self.fields + COLOUR_FIELDS)
+        item = {**{f"latent_{name}": found[name] for name in self.fields},
+                "rgb_mean": found["rgb_mean"], "rgb_std": found["rgb_std"],
                 "text": self.records[index].text.strip(), "index": index}
         return item if seed is None else {**item, "sample_seed": seed}
 
 
 def sample_cached_latents(batch: dict, flip: torch.Tensor, generator: list[torch.Generator], device):
-    """One draw from each image's cached latent Gaussian (the mirror image's where `flip`), one
-    generator per image: the same random numbers, in the same order, as
-    `vae.encode(pixels).latent_dist.sample(generator)`."""
+    """Each image's latents from the cache (the mirror image's where `flip`), one generator per
+    image: the same random numbers, in the same order, as `encode_latents` on the pixels (a
+    draw from the cached Gaussian; none for a deterministic encoder's cached latent)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     flip = flip.to(device)[:, None, None, None]
+    if "latent_latent" in batch:
+        return torch.where(flip, batch["latent_flip_latent"].to(device), batch["latent_latent"].to(device))
     mean = torch.where(flip, batch["latent_flip_mean"].to(device), batch["latent_mean"].to(device))
     std = torch.where(flip, batch["latent_flip_std"].to(device), batch["latent_std"].to(device))
     return mean + std * randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
@@ -144,16 +170,20 @@ def cache_latents(images: ImageCaptionDataset, vae, cache_dir: str | Path, model
         chunk = todo[start: start + batch_size]
         pixels = torch.stack([images[i]["pixels"] for i in chunk]).to(device, vae.dtype)
         with torch.no_grad():
-            plain = vae.encode(pixels).latent_dist
-            flipped = vae.encode(pixels.flip(-1)).latent_dist
-        rgb_mean, rgb_std = image_channel_statistics(pixels.float() / 2 + 0.5)
-        pending.update({hashes[i]: {"mean": plain.mean[j], "std": plain.std[j], "flip_mean": flipped.mean[j],
-                                    "flip_std": flipped.std[j], "rgb_mean": rgb_mean[j], "rgb_std": rgb_std[j]}
-                        for j, i in enumerate(chunk)})
+            fields = encode_latent_fields(vae, pixels)
+        fields["rgb_mean"], fields["rgb_std"] = image_channel_statistics(pixels.float() / 2 + 0.5)
+        pending.update({hashes[i]: {name: value[j] for name, value in fields.items()} for j, i in enumerate(chunk)})
         if len(pending) >= shard_entries or start + batch_size >= len(todo):
             store.add(pending)
             pending = {}
-    return CachedLatentDataset(images, store, hashes)
+    return CachedLatentDataset(images, store, hashes, latent_fields(store, hashes))
+
+
+def latent_fields(store: TensorShardStore, hashes: list[str]) -> tuple[str, ...]:
+    """Which latent fields a latent cache holds (its key names the VAE, so one kind per folder)."""
+    if hashes and "latent" in store.fields(hashes[0]):
+        return DETERMINISTIC_FIELDS
+    return DISTRIBUTION_FIELDS
 
 
 class ResumableShuffleSampler(Sampler[tuple[int, int]]):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler
 from PIL import Image
 
 import finetune.train as train_module
@@ -44,12 +43,15 @@ def test_pooled_per_image_statistics_equal_batch_statistics():
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_cached_and_uncached_steps_give_the_same_losses(tiny_pipeline_dir, data_copy):
-    config = load_config(["--config", "finetune/configs/tiny_cpu.yaml", "--model", str(tiny_pipeline_dir),
+@pytest.mark.parametrize("model_fixture", ["tiny_pipeline_dir", "tiny_sana_dir"], ids=["pixart", "sana"])
+def test_cached_and_uncached_steps_give_the_same_losses(model_fixture, data_copy, request):
+    """Sana's DC-AE encodes deterministically (no latent_dist): its cache keeps the latents themselves."""
+    model_dir = request.getfixturevalue(model_fixture)
+    config = load_config(["--config", "finetune/configs/tiny_cpu.yaml", "--model", str(model_dir),
                           "--data", str(data_copy), "--caption_dropout", "0.3", "--hldf_steps", "2"])
     models, _, _ = train_module.build_models(config, Precision.choose("cpu"))
     accelerator = Accelerator(cpu=True)
-    noise_scheduler = DDPMScheduler.from_config(models.pipe.scheduler.config)
+    objective = train_module.build_objective(models, config)
     images = ImageCaptionDataset(data_copy, config.resolution)
     prompts = [r.text.strip() for r in images.records] + [""]
     cached_data, cached_prompts = train_module.prepare_cached_inputs(models, images, prompts, config, accelerator)
@@ -58,6 +60,7 @@ def test_cached_and_uncached_steps_give_the_same_losses(tiny_pipeline_dir, data_
     plain_batch = collate([images[i] for i in indices])
     cached_batch = collate([cached_data[i] for i in indices])
     assert "pixels" not in cached_batch
+    assert ("latent_latent" in cached_batch) == (model_fixture == "tiny_sana_dir")  # DC-AE: no mean and std
 
     flips_seen = set()
     for micro_step in range(4):
@@ -67,11 +70,11 @@ def test_cached_and_uncached_steps_give_the_same_losses(tiny_pipeline_dir, data_
         flips_seen.update(torch.rand(1, generator=g).item() < 0.5
                           for g in train_module.step_generators(0, micro_step, 4))
         cached_loss, cached_colour = train_module.noise_prediction_step(models, cached_batch, config, generator,
-                                                                        noise_scheduler, accelerator)
+                                                                        objective, accelerator)
         assert cached_prompts.t5_calls == calls_before  # every caption came from the cache
         models.prompts = train_module.PromptEncoder(models.pipe)
         plain_loss, plain_colour = train_module.noise_prediction_step(
-            models, plain_batch, config, train_module.step_generators(0, micro_step, 4), noise_scheduler, accelerator)
+            models, plain_batch, config, train_module.step_generators(0, micro_step, 4), objective, accelerator)
         assert cached_loss.item() == pytest.approx(plain_loss.item(), rel=1e-4)
         for got, expected in zip(cached_colour, plain_colour):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

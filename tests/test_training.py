@@ -88,14 +88,16 @@ def test_resume_latest_matches_an_uninterrupted_run(tiny_pipeline_dir, tiny_trai
 def test_non_finite_loss_skips_the_step_and_keeps_weights_clean(tiny_pipeline_dir, tiny_train_data, tmp_path,
                                                                  monkeypatch):
     calls = []
-    real_loss = train_module.noise_prediction_loss
+    import medart_core.objectives as objectives
+
+    real_loss = objectives.noise_prediction_loss
 
     def nan_on_second_call(predicted, noise):
         calls.append(1)
         loss = real_loss(predicted, noise)
         return loss * float("nan") if len(calls) == 2 else loss
 
-    monkeypatch.setattr(train_module, "noise_prediction_loss", nan_on_second_call)
+    monkeypatch.setattr(objectives, "noise_prediction_loss", nan_on_second_call)  # the PixArt objective's loss
     out = tmp_path / "run"
     args = train_args(tiny_pipeline_dir, tiny_train_data, out, "--max_train_steps", "3", "--hldf_every", "0",
                       "--checkpointing_steps", "1", "--checkpoints_total_limit", "5")

@@ -46,7 +46,9 @@ def test_an_overflow_lowers_the_fp16_loss_scale_and_training_goes_on(tiny_pipeli
             scalers.append(self.scaler)
 
     calls = []
-    real_loss = train_module.noise_prediction_loss
+    import medart_core.objectives as objectives
+
+    real_loss = objectives.noise_prediction_loss
 
     def overflow_on_second_call(predicted, noise):
         calls.append(1)
@@ -54,7 +56,7 @@ def test_an_overflow_lowers_the_fp16_loss_scale_and_training_goes_on(tiny_pipeli
         return loss * 1e38 if len(calls) == 2 else loss  # finite in fp32; scaled by 2**16 it overflows
 
     monkeypatch.setattr(train_module, "Accelerator", AcceleratorWithCpuScaler)
-    monkeypatch.setattr(train_module, "noise_prediction_loss", overflow_on_second_call)
+    monkeypatch.setattr(objectives, "noise_prediction_loss", overflow_on_second_call)  # the PixArt objective's loss
     out = tmp_path / "run"
     args = train_args(tiny_pipeline_dir, tiny_train_data, out, "--max_train_steps", "3", "--hldf_every", "0",
                       "--checkpointing_steps", "1", "--checkpoints_total_limit", "5")
@@ -169,7 +171,6 @@ def test_checkpointed_hldf_sample_recomputes_each_transformer_call_once(tiny_pip
 def test_lora_dropout_masks_survive_block_checkpointing(tiny_pipeline_dir, tiny_train_data):
     """Block checkpointing recomputes each block in the backward pass; each sample's dropout mask
     must be the forward pass's again, or the gradient is of a different network."""
-    from diffusers import DDPMScheduler
 
     from medart_core.training_data import ImageCaptionDataset
     from medart_core.training_draws import micro_step_seed, sample_draws
@@ -189,11 +190,11 @@ def test_lora_dropout_masks_survive_block_checkpointing(tiny_pipeline_dir, tiny_
                 if "lora_B" in name:
                     param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
         trainable = [p for p in models.pipe.transformer.parameters() if p.requires_grad]
-        noise_scheduler = DDPMScheduler.from_config(models.pipe.scheduler.config)
+        objective = train_module.build_objective(models, config)
         torch.manual_seed(micro_step_seed(0, 0))
         with sample_draws(batch["sample_seed"].tolist()):
             loss, _ = train_module.noise_prediction_step(models, batch, config, train_module.batch_generators(batch),
-                                                         noise_scheduler, Accelerator(cpu=True))
+                                                         objective, Accelerator(cpu=True))
             loss.backward()
         gradients[block_checkpointing] = torch.cat([p.grad.reshape(-1) for p in trainable])
     torch.testing.assert_close(gradients[True], gradients[False])
