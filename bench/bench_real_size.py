@@ -211,9 +211,10 @@ def train_arguments(options: dict, kind: str, resolution: int) -> list[str]:
                  "--caption_dropout", "0", "--cache_dir", str(Path(options["data_dir"]).parent / f"cache-{kind}")]
     if options["config"]:
         arguments = ["--config", options["config"], *arguments]
-    else:
+    else:  # DC-AE (Sana) has no gradient checkpointing in diffusers: its decode keeps its activations
+        vae_checkpointing = kind == "hldf" and options["vae_checkpointing"]
         arguments += ["--train_batch_size", "1", "--lora_rank", "16", "--hldf_steps", str(options["hldf_steps"]),
-                      "--hldf_checkpointing", "true", "--vae_gradient_checkpointing", str(kind == "hldf").lower()]
+                      "--hldf_checkpointing", "true", "--vae_gradient_checkpointing", str(vae_checkpointing).lower()]
     return arguments + ["--hldf_every", "1" if kind == "hldf" else "0"]
 
 
@@ -227,12 +228,14 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
     """One training step (plain or HLDF) as finetune/train.py runs it; for HLDF, also its floor."""
     import torch
     from accelerate import Accelerator
-    from diffusers import PixArtAlphaPipeline  # noqa: F401  (imported before the baseline)
     from torch.utils.data import DataLoader
 
     import finetune.train as T
     from finetune.plan import memory_plan
+    from medart_core.bases import detect_base
     from medart_core.training_data import ImageCaptionDataset
+
+    detect_base(options["model_dir"]).pipeline_type()  # its classes imported before the baseline
 
     config = step_config(options, kind, resolution)
     device = torch.device(options["device"])
@@ -604,21 +607,23 @@ def parse_args(argv=None):
         parser.error(f"--model {args.model}: {err}")
     check_parts(parser, base, args.which)
     args.base_name = base.name
+    args.vae_checkpointing = base_vae_checkpoints(base)
     return args
+
+
+def base_vae_checkpoints(base) -> bool:
+    """Whether the base's VAE class has gradient checkpointing in diffusers (AutoencoderKL yes, AutoencoderDC no)."""
+    import diffusers
+
+    return getattr(diffusers, base.vae_class)._supports_gradient_checkpointing
 
 
 def check_parts(parser, base, which: str) -> None:
     """Refuse, before any model is built, a part the base cannot run."""
-    from medart_core.bases import PIXART_ALPHA, check_trainable
-    from medart_core.errors import MedArtError
+    from medart_core.bases import PIXART_ALPHA
 
     if which == "quant-t5" and base != PIXART_ALPHA:
         parser.error(f"--which quant-t5 measures PixArt's T5; {base.name}'s text encoder is {base.text_encoder}")
-    if which in ("plain", "hldf", "all"):
-        try:
-            check_trainable(base)
-        except MedArtError as err:
-            parser.error(f"--which {which}: {err}")
 
 
 def main(argv=None) -> None:
@@ -646,7 +651,8 @@ def main(argv=None) -> None:
         batch = 4 if args.config else 1
         data_dir = make_data(Path(scratch) / "data", args.resolution, count=batch)
         options = {"model_dir": str(folder), "data_dir": str(data_dir), "device": args.device, "dtype": args.dtype,
-                   "config": args.config, "hldf_steps": args.hldf_steps, "steps": args.steps, "repeats": args.repeats}
+                   "config": args.config, "hldf_steps": args.hldf_steps, "steps": args.steps, "repeats": args.repeats,
+                   "vae_checkpointing": args.vae_checkpointing}
         memory_env = EXACT_MALLOC if args.device == "cpu" else {}
         for part in parts:
             print(f"measuring {part} ...", flush=True)

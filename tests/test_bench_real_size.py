@@ -59,3 +59,16 @@ def test_sana_generate_part_compares_the_three_paths_and_names_its_base(tiny_san
     table = run([sys.executable, "bench/bench_real_size.py", "--markdown", str(results)])
     assert re.search(r"^\| generate \| \d{4}-\d\d-\d\d, Sana, cpu fp32, Gemma-2 of sana, 32 px", table.stdout, re.M), \
         table.stdout
+
+
+def test_sana_hldf_part_runs_its_step_without_vae_checkpointing_beside_the_plan(tiny_sana_dir, tmp_path):
+    """DC-AE has no gradient checkpointing: the bench's HLDF settings must not ask train.py for it."""
+    results = tmp_path / "results.json"
+    done = run([sys.executable, "bench/bench_real_size.py", "--which", "hldf", "--model", str(tiny_sana_dir),
+                "--resolution", "32", "--hldf-resolution", "32", "--device", "cpu", "--json", str(results)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"sana hldf: measured \d+ MB, planned \d+ MB, ratio \d+\.\d\d", last), last
+    (figures,) = json.loads(results.read_text())["results"]
+    assert figures["base"] == "Sana" and figures["resolution"] == 32 and figures["floor_seconds"] > 0
+    assert figures["plan_rows_mb"]["hldf"] > 0
