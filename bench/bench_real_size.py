@@ -174,12 +174,16 @@ def run_quietly(target, *args) -> None:
 
 class Meter:
     """Memory now and at its peak since the last reset: torch's allocated bytes on a GPU, the
-    resident size on a CPU (bench_train.py's readings)."""
+    resident size on a CPU (bench_train.py's readings); and the clock that times a part: wall time
+    on a GPU, the process's CPU time on a CPU, where other jobs on a shared machine stretch wall
+    time by whatever share of the cores they take (a nice'd bench the most)."""
 
     def __init__(self, device):
         import torch
 
         self.torch, self.gpu = torch, device.type == "cuda"
+        self.clock = time.perf_counter if self.gpu else time.process_time
+        self.clock_name = "wall" if self.gpu else "process CPU"
 
     def now(self) -> int:
         from bench_train import resident_bytes
@@ -258,7 +262,7 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
     batch = next(iter(DataLoader(dataset, batch_size=config.train_batch_size)))
 
     meter.reset()
-    start = time.perf_counter()
+    start = meter.clock()
     generators = T.step_generators(config.seed, 0, len(batch["text"]))
     loss, real_colour = T.noise_prediction_step(models, batch, config, generators, objective, accelerator)
     if kind == "hldf":
@@ -268,12 +272,12 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     meter.sync()
-    seconds = time.perf_counter() - start
+    seconds = meter.clock() - start
     step_peak = meter.peak() - baseline
 
     plan = memory_plan(config, device=accelerator.device.type)
     result = {"part": kind, "resolution": config.resolution, "batch": config.train_batch_size,
-              "seconds": seconds, "measured_mb": step_peak / MB,
+              "seconds": seconds, "clock": meter.clock_name, "measured_mb": step_peak / MB,
               "planned_mb": (plan.peak_hldf if kind == "hldf" else plan.peak_plain) / MB,
               "caching_measured_mb": caching_peak / MB, "caching_planned_mb": plan.rows["caching"] / MB,
               "plan_rows_mb": {k: v / MB for k, v in plan.rows.items()}}
@@ -298,12 +302,12 @@ def hldf_floor(models, config, accelerator, meter) -> dict:
 
     def timed(backward_of):
         meter.sync()
-        start = time.perf_counter()
+        start = meter.clock()
         with accelerator.autocast():
             output = backward_of()
         output.float().square().mean().backward()
         meter.sync()
-        return time.perf_counter() - start
+        return meter.clock() - start
 
     def transformer_pass(n):
         latents = torch.randn(n, channels, latent_size, latent_size, device=device, dtype=dtype)
@@ -343,11 +347,12 @@ def measure_generation(options: dict, resolution: int, queue) -> None:
     from medart_core.generation import GenerationSettings
 
     model = load_for_inference(options)
+    meter = Meter(model.precision.device)
     settings = GenerationSettings(steps=options["steps"], guidance=4.5, height=resolution, width=resolution)
     rows = median_seconds(generation_paths(model, [PROMPT], [0], settings), options["repeats"],
-                          warmup=options["device"] == "cuda")
+                          warmup=options["device"] == "cuda", clock=meter.clock)
     queue.put({"part": "generate", "resolution": resolution, "steps": settings.steps, "batch": 1,
-               "seconds": rows, "medart/stock": rows["medart"] / rows["stock"],
+               "seconds": rows, "clock": meter.clock_name, "medart/stock": rows["medart"] / rows["stock"],
                "medart/floor": rows["medart"] / rows["floor"],
                "medart/(floor+decode)": rows["medart"] / (rows["floor"] + rows["decode"])})
 
@@ -438,6 +443,8 @@ def markdown(results: list[dict]) -> str:
             "|---|---|---|---|---|"]
     for r in results:
         where = f"{r['date']}, {r.get('base', 'PixArt-alpha')}, {r['device']} {r['dtype']}, {text_label(r)}"
+        if r.get("clock", "wall") != "wall":
+            where += f", {r['clock']} seconds"
         if r["part"] in ("plain", "hldf"):
             settings = f"{where}, {r['resolution']} px, batch {r['batch']}"
             if r["part"] == "hldf":
@@ -492,7 +499,8 @@ def summary_line(r: dict) -> str:
 
 def details(r: dict) -> str:
     """The part's figures in full, before its summary line."""
-    lines = [f"{prefix(r)}{r['part']} ({r['device']}, {r['dtype']}, {text_label(r)}):"]
+    clock = f", {r['clock']} seconds" if "clock" in r else ""
+    lines = [f"{prefix(r)}{r['part']} ({r['device']}, {r['dtype']}, {text_label(r)}{clock}):"]
     if r["part"] in ("plain", "hldf"):
         lines.append(f"  {r['resolution']} px, batch {r['batch']}: step {r['seconds']:.1f} s; caching phase "
                      f"{r['caching_measured_mb']:.0f} MB measured, {r['caching_planned_mb']:.0f} MB planned")
