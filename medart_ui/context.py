@@ -179,7 +179,7 @@ def open_app(args: argparse.Namespace) -> App:
     home, warning = choose_home(args.home)
     home.mkdir(parents=True, exist_ok=True)
     data = Path(args.data).expanduser().resolve()
-    store = ReviewStore(args.db or home / DEFAULT_DB_NAME)
+    store = ReviewStore(args.db or home / DEFAULT_DB_NAME, approvals_required=args.approvals_required)
     summary = import_dataset(store, data, author="import", describe=caption_describer(FallbackCaptioner()))
     logger.info("review store %s: %s", store.url, summary)
     anonymous = "anonymous" if (signin.no_auth or args.host not in LOOPBACK) else getpass.getuser()

@@ -4,9 +4,9 @@ shows each user the tabs of their role and fills them; and how the app is launch
 import argparse
 
 from medart_ui.shared import EVERYONE, READER, allow, as_text
-from medart_ui.tabs import compare, generate, review
+from medart_ui.tabs import compare, dashboard, generate, review, team
 
-TABS = (review, generate, compare)  # coming: team review, dashboard, reader study, training
+TABS = (review, generate, compare, team, dashboard)  # coming: reader study, training
 AUTH_MESSAGE = "Med-Art: sign in with your account; every edit records your name."
 
 

@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "default 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=int(env("MEDART_PORT", env("GRADIO_SERVER_PORT", "7860"))),
                         help="port (env MEDART_PORT or GRADIO_SERVER_PORT; default 7860)")
+    parser.add_argument("--approvals-required", type=int, default=int(env("MEDART_APPROVALS_REQUIRED", "1")),
+                        metavar="N",
+                        help="distinct reviewers who must approve a description's current text before it is "
+                             "'approved' and exported as approved; fewer make it 'partly-approved', an edit starts "
+                             "the count again; kept in the store for the export command (env "
+                             "MEDART_APPROVALS_REQUIRED; default 1)")
     # No environment defaults here: sign_in() resolves them, so an explicit option can win.
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--auth", nargs="+", metavar="USER:PASS", default=None,

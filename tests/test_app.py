@@ -229,11 +229,17 @@ def call_each_endpoint(client, opened, key: str) -> dict:
     """Call every named endpoint with valid arguments (each edit on the current revision):
     name -> result, or the refusal's message."""
     current = lambda: opened.store.get(key).revision  # noqa: E731
-    calls = {"get_description": lambda: (key,), "list_images": lambda: ("all", "all", ""),
+    calls = {"get_description": lambda: (key,), "list_images": lambda: ("all", "all", "", False),
              "save_description": lambda: (key, "A histology tile, edited through the API.", current()),
              "approve": lambda: (key, current()), "flag": lambda: (key, "check the stain", current()),
              "export": lambda: ("approved only",), "generate": lambda: ("A fundus photograph", 0, 2, 4.5, 1),
-             "compare": lambda: ("fundus", "", 1, 2)}
+             "compare": lambda: ("fundus", "", 1, 2),
+             # Team review (issue 17): each allowed call answers with its result or a reason, never "may not use".
+             "submit_version": lambda: (key, "My own version.", current(), ""),
+             "preview_replace": lambda: ("tile", "patch", "all", "all", key, False),
+             "apply_replace": lambda: ("tile", "patch", []),
+             "assign": lambda: (["bob"], "all", 1, "all", False), "adjudicate": lambda: (key, "Settled.", current()),
+             "set_guidelines": lambda: ("# Guidelines",), "review_stats": lambda: ()}
     results = {}
     for name, arguments in calls.items():
         try:
@@ -317,10 +323,10 @@ def test_a_crafted_call_to_a_private_event_is_refused_for_a_reader(running_app):
     with its description. The server refuses it to a reader; a reviewer gets the list."""
     demo, opened = running_app
     index = next(i for i, f in demo.fns.items() if f.name == "on_filter")
-    refused = crafted_call(signed_in_http(demo.local_url, READER), index, ["all", "all", "", None])
+    refused = crafted_call(signed_in_http(demo.local_url, READER), index, ["all", "all", "", False, None])
     assert "may not use on_filter" in refused["output"]["error"]
     assert not any(key in json.dumps(refused) for key in opened.store.keys())
-    served = crafted_call(signed_in_http(demo.local_url, REVIEWER), index, ["all", "all", "", None])
+    served = crafted_call(signed_in_http(demo.local_url, REVIEWER), index, ["all", "all", "", False, None])
     assert served["success"] and any(key in json.dumps(served) for key in opened.store.keys())
 
 

@@ -112,7 +112,8 @@ def test_review_generate_compare_in_a_browser(browser, site):
     page.close()
 
 
-TABS_OF_ROLE = {"admin": ["Review", "Generate", "Compare"], "reviewer": ["Review", "Generate", "Compare"], "reader": []}
+TABS_OF_ROLE = {"admin": ["Review", "Generate", "Compare", "Team", "Dashboard"], "reviewer": ["Review", "Generate", "Compare"],
+                "reader": []}
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """Concurrent editors lose no accepted edit and hear about every conflict; a killed export leaves
 the previous export intact. On SQLite (8 threads, 2 processes) and PostgreSQL (8 threads, 2 processes).
+Reviewers approving and editing at once under "2 approvals required" never make an image approved
+with fewer than 2 approvals of its current text (threads on SQLite, processes on PostgreSQL).
 
 Run as a script, this file is one editor process (see `edit_in_process`).
 """
@@ -43,14 +45,16 @@ def edit_all(store: ReviewStore, keys: list[str], editor: str, start: threading.
     return outcomes
 
 
-def edit_with_threads(db: str, keys: list[str], editors: list[str]) -> list[dict]:
-    """One store (one engine, one connection pool) shared by a thread per editor, as in the app."""
+def edit_with_threads(db: str, keys: list[str], editors: list[str], walk=None, **store_options) -> list[dict]:
+    """One store (one engine, one connection pool) shared by a thread per editor, as in the app;
+    each thread runs `walk` (default edit_all) over the keys."""
     results, errors = {}, []
     start = threading.Barrier(len(editors))
-    with ReviewStore(db) as store:
+    walk = walk or edit_all
+    with ReviewStore(db, **store_options) as store:
         def work(editor):
             try:
-                results[editor] = edit_all(store, keys, editor, start)
+                results[editor] = walk(store, keys, editor, start)
             except BaseException as err:  # an unexpected error must fail the test, not vanish in a thread
                 errors.append(f"{editor}: {type(err).__name__}: {err}")
         threads = [threading.Thread(target=work, args=(e,)) for e in editors]
@@ -62,10 +66,11 @@ def edit_with_threads(db: str, keys: list[str], editors: list[str]) -> list[dict
     return [o for e in editors for o in results[e]]
 
 
-def edit_in_processes(db: str, keys: list[str], processes: int, threads: int) -> list[dict]:
-    """`processes` editor processes of `threads` threads each, started together."""
+def edit_in_processes(db: str, keys: list[str], processes: int, threads: int, mode: str = "edit") -> list[dict]:
+    """`processes` editor (or, mode "review", reviewer) processes of `threads` threads each, started together."""
     go = time.time() + 2.0  # every process starts editing at this moment, after its imports
-    commands = [[sys.executable, __file__, db, json.dumps(keys), str(p), str(threads), str(go)] for p in range(processes)]
+    commands = [[sys.executable, __file__, db, json.dumps(keys), str(p), str(threads), str(go), mode]
+                for p in range(processes)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     running = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in commands]
     outcomes = []
@@ -217,11 +222,108 @@ def test_a_killed_export_leaves_the_previous_export_intact(tmp_path, where):
                for line in (out / "train" / "metadata.jsonl").read_text().splitlines())
 
 
-def _editor_process(db: str, keys: list[str], process: int, threads: int, go: float) -> None:
+# Team review (issue 17): approvals required = 2, reviewers approving and editing the same images at once.
+
+APPROVALS = 2
+REVIEWED = 20
+
+
+def review_all(store: ReviewStore, keys: list[str], reviewer: str, start: threading.Barrier | None = None) -> list[dict]:
+    """Walk the keys approving what was read, editing one in three (a different one per reviewer);
+    record each outcome. Approvals of an older revision with the same text must be accepted."""
+    from medart_core.errors import MedArtError
+
+    outcomes, salt = [], sum(map(ord, reviewer))
+    if start is not None:
+        start.wait()
+    for round_ in range(PASSES):
+        for i, key in enumerate(keys):
+            entry = store.get(key)
+            time.sleep(0.001)
+            outcome = {"key": key, "seen": entry.revision, "editor": reviewer, "read": entry.text}
+            try:
+                if (i + salt + round_) % 3 == 0:
+                    text = f"{reviewer} round {round_} edits {key}"
+                    outcome |= {"text": text, "saved": store.save(key, text, revision=entry.revision,
+                                                                  author=reviewer).number}
+                else:
+                    approved = store.approve(key, revision=entry.revision, author=reviewer)
+                    outcome |= {"approved": approved.number, "status": approved.status, "text": approved.text}
+            except StaleRevisionError:
+                outcome["conflict"] = True
+            except MedArtError as err:
+                assert "already approved" in str(err)
+                outcome["again"] = True
+            outcomes.append(outcome)
+    return outcomes
+
+
+def review_with_threads(db: str, keys: list[str], reviewers: list[str]) -> list[dict]:
+    return edit_with_threads(db, keys, reviewers, review_all, approvals_required=APPROVALS)
+
+
+def check_approvals_and_edits(db: str, keys: list[str], outcomes: list[dict]) -> dict:
+    """No image was ever approved with fewer than APPROVALS distinct approvals of its text at the
+    time; every accepted edit and approval is in the history, in the revision it was given."""
+    from medart_core.store.review import approvals_since_text
+
+    accepted = [o for o in outcomes if "saved" in o or "approved" in o]
+    numbers = [(o["key"], o.get("saved") or o["approved"]) for o in accepted]
+    assert len(set(numbers)) == len(numbers), "two changes got the same revision"
+    with ReviewStore(db) as store:
+        for key in keys:
+            history = store.history(key)
+            assert [r.number for r in history] == list(range(1, len(history) + 1))
+            by_number = {r.number: r for r in history}
+            for o in (o for o in accepted if o["key"] == key):
+                rev = by_number[o.get("saved") or o["approved"]]
+                assert (rev.author, rev.text) == (o["editor"], o["text"])
+                if "approved" in o:
+                    assert o["read"] == rev.text, "an approval was counted for a text its reviewer did not read"
+            for n, rev in by_number.items():
+                approvers = approvals_since_text(history[:n])
+                if rev.status == "approved":
+                    assert len(approvers) >= APPROVALS, f"{key} revision {n}: approved by {approvers} only"
+                if rev.action == "approve":
+                    assert rev.status == ("approved" if len(approvers) >= APPROVALS else "partly-approved")
+            entry = store.get(key)
+            assert entry.status == history[-1].status and entry.text == history[-1].text
+    statuses = Counter(o.get("status") for o in accepted if "approved" in o)
+    assert statuses["approved"] and statuses["partly-approved"], statuses
+    assert any("conflict" in o for o in outcomes), "the reviewers never collided"
+    return {"attempts": len(outcomes), "edits": sum("saved" in o for o in outcomes),
+            "approvals": len(accepted) - sum("saved" in o for o in outcomes), "approved": statuses["approved"],
+            "conflicts": sum("conflict" in o for o in outcomes)}
+
+
+def _reviewed_descriptions(db: str, tmp_path: Path) -> list[str]:
+    from test_store import make_dataset
+
+    data = make_dataset(tmp_path / "data", n_train=REVIEWED, n_test=0)
+    with ReviewStore(db, approvals_required=APPROVALS) as store:
+        import_dataset(store, data, author="importer")
+        return sorted(store.keys())
+
+
+@pytest.mark.slow
+def test_reviewers_approving_and_editing_at_once_never_approve_with_fewer_than_n(db, tmp_path, record_property):
+    keys = _reviewed_descriptions(db, tmp_path)
+    if store_kind(db) == "sqlite":  # threads sharing one store, as in the app
+        outcomes = review_with_threads(db, keys, [f"reviewer-{i}" for i in range(4)])
+    else:  # processes of threads, as several app servers on one database
+        outcomes = edit_in_processes(db, keys, processes=2, threads=2, mode="review")
+    figures = check_approvals_and_edits(db, keys, outcomes)
+    record_property("approvals", figures)
+    print(f"\nreviewers on {store_kind(db)}: {figures}")
+
+
+def _editor_process(db: str, keys: list[str], process: int, threads: int, go: float, mode: str = "edit") -> None:
     editors = [f"process-{process}/thread-{t}" for t in range(threads)]
     time.sleep(max(0.0, go - time.time()))
-    print(json.dumps(edit_with_threads(db, keys, editors)))
+    work = review_with_threads if mode == "review" else edit_with_threads
+    print(json.dumps(work(db, keys, editors)))
 
 
 if __name__ == "__main__":
-    _editor_process(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+    _editor_process(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]),
+                    *sys.argv[6:])

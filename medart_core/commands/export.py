@@ -30,4 +30,6 @@ def run(args: argparse.Namespace) -> None:
             print(import_dataset(store, args.import_data, author="import"))
         summary = export_dataset(store, args.out, approved_only=not args.all)
         counts = store.counts()
-    print(f"{summary}; the store holds {counts['approved']} approved of {counts['total']} descriptions")
+        required = store.approvals_required  # the team's rule, kept in the store by the app
+    print(f"{summary}; the store holds {counts['approved']} approved of {counts['total']} descriptions "
+          f"({required} approval{'s' if required > 1 else ''} required, {counts['partly-approved']} partly approved)")

@@ -1,6 +1,7 @@
 """The Review tab: browse, edit, approve, flag and undo descriptions; add images; export for
 training. Also the review endpoints of the API (save_description, approve, flag,
-get_description, list_images, export), the same store calls as the buttons."""
+get_description, list_images, export), the same store calls as the buttons. The team-review
+parts (guidelines, "My queue", independent versions, bulk replace) come from medart_ui.team_review."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from __future__ import annotations
 import gradio as gr
 
 from medart_core.errors import MedArtError
+from medart_core.store import STATUSES
+from medart_ui import team_review
 from medart_ui.files import forget_uploads
 from medart_ui.shared import STAFF, Fill, allow, as_text, gpu, whole_number
 
 TITLE, ID, ROLES = "Review", "review", STAFF
-STATUS_CHOICES = ["all", "generated", "edited", "approved", "flagged"]
+STATUS_CHOICES = ["all", *STATUSES]
 HISTORY_CHARS = 300  # a history cell shows this much of a text; the whole one on demand
 HISTORY_HEADERS = ["revision", "time (UTC)", "author", "action", "status", "source", "text / reason"]
 KEYBOARD = """<script>
@@ -31,12 +34,15 @@ CSS = "#review-image img { width: 100%; height: 100%; object-fit: contain; image
 def progress_text(app) -> str:
     counts = app.store.counts()
     return (f"**Reviewed {counts['reviewed']} / {counts['total']}** · approved {counts['approved']} · "
-            f"flagged {counts['flagged']} · edited {counts['edited']} · not yet reviewed {counts['generated']}")
+            f"partly approved {counts['partly-approved']} · flagged {counts['flagged']} · edited {counts['edited']} · "
+            f"not yet reviewed {counts['generated']} · approvals required: {app.store.approvals_required}")
 
 
-def filtered_keys(app, status: str, label: str, search: str) -> list[str]:
-    return [e.key for e in app.store.entries(status=None if status in (None, "all") else status,
+def filtered_keys(app, status: str, label: str, search: str, mine: bool = False, user: str | None = None) -> list[str]:
+    """Image keys matching the filters; `mine`: only `user`'s queue (assigned, not yet done by them)."""
+    keys = [e.key for e in app.store.entries(status=None if status in (None, "all") else status,
                                              label=None if label in (None, "all") else label, search=search)]
+    return team_review.only_queue(app, keys, user) if mine else keys
 
 
 def show_entry(app, key: str | None):
@@ -53,6 +59,7 @@ def show_entry(app, key: str | None):
     if entry.source_file:
         details.append(f"From volume: {as_text(entry.source_file)}"
                        + (f", slice {entry.slice}" if entry.slice is not None else ""))
+    details.append(team_review.approvals_line(app, key))
     if entry.status == "flagged":
         reason = last.reason or next((r.reason for r in reversed(history) if r.reason), "")
         details.append(f"**Flagged:** {as_text(reason)}")
@@ -87,7 +94,8 @@ def entry_as_dict(app, key: str) -> dict:
     entry, last = app.store.get(key), app.store.history(key)[-1]
     return {"image": entry.key, "revision": entry.revision, "status": entry.status, "text": entry.text,
             "source": entry.source, "rule": entry.rule, "label": entry.label, "author": last.author,
-            "action": last.action, "reason": last.reason, "time": last.created_at.isoformat()}
+            "action": last.action, "reason": last.reason, "time": last.created_at.isoformat(),
+            "approvals": app.store.approvals(key), "approvals_required": app.store.approvals_required}
 
 
 def regenerate_text(app, entry) -> tuple[str, str, str]:
@@ -112,11 +120,13 @@ def build(app) -> Fill:
 
     staff = allow(app, *ROLES)
 
+    guidelines = team_review.guidelines_panel()
     review_progress = gr.Markdown(elem_id="review-progress")
     with gr.Row():
         status_filter = gr.Dropdown(STATUS_CHOICES, value="all", label="Status", scale=1)
         label_filter = gr.Dropdown(["all"], value="all", label="Label", scale=1)  # the labels come at page load
         search = gr.Textbox(label="Search descriptions and file names", scale=2)
+        mine = gr.Checkbox(label="My queue", value=False, scale=0, elem_id="my-queue")
     with gr.Row():
         previous = gr.Button("◀ Previous (Alt+P)", elem_id="previous-button", scale=0)
         picker = gr.Dropdown([], label="Image", filterable=True, elem_id="image-picker", scale=3)
@@ -163,11 +173,11 @@ def build(app) -> Fill:
 
     entry_outputs = [image, details, text, revision, history, undo_to, reason]
     review_outputs = [picker, *entry_outputs, review_progress]
-    filters = [status_filter, label_filter, search]
+    filters = [status_filter, label_filter, search, mine]
     after = [*entry_outputs, review_progress]
 
-    def refresh(status, label, query, current=None):
-        keys = filtered_keys(app, status, label, query)
+    def refresh(status, label, query, only_mine=False, current=None, user=None):
+        keys = filtered_keys(app, status, label, query, only_mine, user)
         key = current if current in keys else (keys[0] if keys else None)
         return (gr.update(choices=keys, value=key), *show_entry(app, key), progress_text(app))
 
@@ -178,13 +188,14 @@ def build(app) -> Fill:
         if not key:
             raise MedArtError("choose an image first")
 
-    def fill(request: gr.Request, status, label, query):
+    def fill(request: gr.Request, status, label, query, only_mine):
         wanted = (request.query_params.get("image") if request else None) or None
-        return (gr.update(choices=["all"] + app.store.labels()), *refresh(status, label, query, wanted))
+        return (team_review.guidelines_text(app), gr.update(choices=["all"] + app.store.labels()),
+                *refresh(status, label, query, only_mine, wanted, app.author(request)))
 
     @staff
-    def on_filter(status, label, query, current, request: gr.Request):
-        return refresh(status, label, query, current)
+    def on_filter(status, label, query, only_mine, current, request: gr.Request):
+        return refresh(status, label, query, only_mine, current, app.author(request))
 
     @staff
     def on_pick(key, request: gr.Request):
@@ -192,12 +203,13 @@ def build(app) -> Fill:
 
     def step(offset):
         @staff
-        def move(status, label, query, current, request: gr.Request):
-            keys = filtered_keys(app, status, label, query)
+        def move(status, label, query, only_mine, current, request: gr.Request):
+            user = app.author(request)
+            keys = filtered_keys(app, status, label, query, only_mine, user)
             if not keys:
-                return refresh(status, label, query)
+                return refresh(status, label, query, only_mine, user=user)
             index = keys.index(current) + offset if current in keys else 0
-            return refresh(status, label, query, keys[index % len(keys)])
+            return refresh(status, label, query, only_mine, keys[index % len(keys)], user)
         move.__name__ = "next" if offset > 0 else "previous"
         return move
 
@@ -235,7 +247,7 @@ def build(app) -> Fill:
         app.store.save(key, new_text, revision=seen, author=app.author(request), source=source, rule=rule)
         return shown(key)
 
-    for trigger in (status_filter.change, label_filter.change, search.submit):
+    for trigger in (status_filter.change, label_filter.change, search.submit, mine.change):
         trigger(on_filter, [*filters, picker], review_outputs, api_visibility="private")
     picker.input(on_pick, picker, after, api_visibility="private")
     previous.click(step(-1), [*filters, picker], review_outputs, api_visibility="private")
@@ -263,7 +275,7 @@ def build(app) -> Fill:
     export_button.click(export, export_which, [export_result, export_files], api_name="export")
 
     @staff
-    def on_add(files, label, modality, split, status, label_choice, query, request: gr.Request,
+    def on_add(files, label, modality, split, status, label_choice, query, only_mine, request: gr.Request,
                progress=gr.Progress()):
         if not files:
             raise MedArtError("choose images (or a .zip of images) to add first")
@@ -278,7 +290,8 @@ def build(app) -> Fill:
         summary = import_dataset(app.store, batch, author="import", describe=caption_describer(app.captioner()))
         skipped = "".join(f"\n- skipped {as_text(p)}" for p in problems + summary.skipped)
         return (f"Added {summary.added} images, described by `{app.captioner().source}`; they are now in the "
-                f"list as 'generated' (not yet reviewed).{skipped}", *refresh(status, label_choice, query))
+                f"list as 'generated' (not yet reviewed).{skipped}",
+                *refresh(status, label_choice, query, only_mine, user=app.author(request)))
 
     @staff
     def on_uploads_changed(files, before, request: gr.Request):
@@ -318,13 +331,17 @@ def build(app) -> Fill:
         return entry_as_dict(app, image)
 
     @staff
-    def list_images(status: str = "all", label: str = "all", search: str = "", request: gr.Request = None) -> list[str]:
-        """Image keys matching the filters."""
-        return filtered_keys(app, status, label, search)
+    def list_images(status: str = "all", label: str = "all", search: str = "", mine: bool = False,
+                    request: gr.Request = None) -> list[str]:
+        """Image keys matching the filters; `mine`: only the signed-in reviewer's queue."""
+        return filtered_keys(app, status, label, search, mine, app.author(request))
 
     for function, name in ((save_description, "save_description"), (approve_description, "approve"),
                            (flag_description, "flag"), (get_description, "get_description"),
                            (list_images, "list_images")):
         gr.api(function, api_name=name)
 
-    return Fill(fill, filters, [label_filter, *review_outputs])
+    team_review.build_review_controls(app, staff, picker=picker, text=text, revision=revision, reason=reason,
+                                      filters=filters, refresh=refresh, outputs=review_outputs,
+                                      filtered=lambda *f, user: filtered_keys(app, *f, user=user))
+    return Fill(fill, filters, [guidelines, label_filter, *review_outputs])
