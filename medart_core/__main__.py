@@ -18,6 +18,7 @@ COMMANDS = {
     "check-splits": "medart_core.commands.check_splits",
     "privacy": "medart_core.commands.privacy",
     "accounts": "medart_core.commands.accounts",
+    "study": "medart_core.commands.study",
 }
 
 

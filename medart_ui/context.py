@@ -120,9 +120,19 @@ class App:
     def exports(self) -> Path:
         return self.home / "export"
 
+    @property
+    def study_copies(self) -> Path:
+        """Blinded copies for reader-study readers (medart_ui/files.py serves each to its reader only)."""
+        return self.home / "study-copies"
+
+    @property
+    def study_reports(self) -> Path:
+        return self.home / "study-reports"
+
     def served_folders(self) -> list[str]:
         """The only folders whose files the app serves: the data and its own outputs (not the store)."""
-        return [str(p) for p in (self.data, self.uploads, self.generated, self.exports)]
+        return [str(p) for p in (self.data, self.uploads, self.generated, self.exports, self.study_copies,
+                                 self.study_reports)]
 
     def captioner(self):
         from medart_core.captioning import FALLBACK, load_vlm
@@ -158,8 +168,17 @@ class App:
         return self.user(request) or self.anonymous
 
     def reader_files(self, user: str | None) -> set[Path]:
-        """The files a reader may fetch: those of the reader studies they take part in (none yet)."""
-        return set()
+        """The files a reader may fetch: the blinded copy of their current trial in each open study
+        they are invited to, and gradio's cached copy of it; nothing once answered or closed."""
+        from medart_core.store.studies import Studies
+
+        return Studies(self.store).served_files(user if self.signin.required else self.anonymous)
+
+    def study_files(self) -> set[Path]:
+        """Every blinded copy served now: unmarked synthetic images, for their own reader only."""
+        from medart_core.store.studies import Studies
+
+        return Studies(self.store).served_files()
 
     def preload(self):
         """Load and warm up the generator in the background, so the first Generate does not wait for it."""

@@ -1,6 +1,7 @@
 """Files served by role. Gradio's file route only checks that someone is signed in; this ASGI
 middleware, in front of it, lets a reader fetch only the files of the reader studies they take
-part in (App.reader_files), and leaves reviewers and admins what gradio gives them."""
+part in (App.reader_files), and leaves reviewers and admins what gradio gives them, except other
+readers' blinded study copies (App.study_files)."""
 
 from __future__ import annotations
 
@@ -39,30 +40,45 @@ class FilesByRole:
         token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
         return getattr(server, "tokens", {}).get(token)
 
-    def allowed(self, scope, wanted: str) -> bool:
+    def verdict(self, scope, wanted: str) -> str | None:
+        """"study" for a reader's own blinded copy (served with no-store), "allowed", or None (403).
+        A blinded copy is an unmarked synthetic image: only its own reader gets it, whatever the role."""
         user = self.user(scope)
         role = self.app.role_of(user)
-        if role in STAFF:
-            return True
         try:
             path = Path(wanted).resolve()
         except (OSError, ValueError):
-            return False
+            return None
         if role is not None and path in {p.resolve() for p in self.app.reader_files(user)}:
-            return True
+            return "study"
+        if role in STAFF and path not in {p.resolve() for p in self.app.study_files()}:
+            return "allowed"
         logger.warning("refused file %s to %r (role %s)", wanted, user, role)
-        return False
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             wanted = requested_file(scope.get("path", ""))
-            if wanted is not None and not self.allowed(scope, wanted):
+            verdict = None if wanted is None else self.verdict(scope, wanted)
+            if wanted is not None and verdict is None:
                 from starlette.responses import PlainTextResponse
 
                 response = PlainTextResponse("Your role may not fetch this file.", status_code=403)
                 await response(scope, receive, send)
                 return
+            if verdict == "study":
+                send = no_store(send)
         await self.asgi(scope, receive, send)
+
+
+def no_store(send):
+    """An ASGI send that marks the response as not to be cached (a study copy must not outlive its trial)."""
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+            message = {**message, "headers": [*headers, (b"cache-control", b"no-store"), (b"pragma", b"no-cache")]}
+        await send(message)
+    return sending
 
 
 def identifying_upload(path) -> bool:

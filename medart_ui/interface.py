@@ -4,9 +4,9 @@ shows each user the tabs of their role and fills them; and how the app is launch
 import argparse
 
 from medart_ui.shared import EVERYONE, READER, allow, as_text
-from medart_ui.tabs import compare, dashboard, generate, review, team
+from medart_ui.tabs import compare, dashboard, generate, review, study, team
 
-TABS = (review, generate, compare, team, dashboard)  # coming: reader study, training
+TABS = (review, generate, compare, team, dashboard, study)  # coming: training
 AUTH_MESSAGE = "Med-Art: sign in with your account; every edit records your name."
 
 
@@ -27,7 +27,7 @@ def build_demo(app):
         notices = gr.Markdown()  # warnings name data files: filled at load, for staff only
         signed_in = gr.Markdown()
         built = []
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             for module in TABS:
                 with gr.Tab(module.TITLE, id=module.ID, visible=False) as tab:
                     built.append((module, tab, module.build(app)))
@@ -38,7 +38,8 @@ def build_demo(app):
         def on_load(values: dict, request: gr.Request):
             role = app.role(request)
             shown = app.warnings if role != READER else []
-            updates = ["\n\n".join(f"**Warning:** {as_text(w)}" for w in shown), greeting(app, request)]
+            updates = ["\n\n".join(f"**Warning:** {as_text(w)}" for w in shown), greeting(app, request),
+                       gr.Tabs(selected=next((m.ID for m, _, _ in built if role in m.ROLES), None))]  # e.g. a reader's
             for module, _, fill in built:
                 visible = role in module.ROLES
                 updates.append(gr.Tab(visible=visible))
@@ -49,7 +50,7 @@ def build_demo(app):
                     updates += [gr.skip()] * len(fill.outputs)
             return tuple(updates)
 
-        outputs = [notices, signed_in]
+        outputs = [notices, signed_in, tabs]
         for _, tab, fill in built:
             outputs += [tab, *fill.outputs]
         demo.load(on_load, inputs, outputs, api_visibility="private")
@@ -80,7 +81,7 @@ def launch_options(app, args: argparse.Namespace) -> dict:
     return {"server_name": args.host, "server_port": args.port, "auth": sign_in_check(app),
             "max_file_size": MAX_UPLOAD_BYTES, "show_error": False,  # uploads bounded; no exception text shown
             "auth_message": AUTH_MESSAGE if app.signin.required else None,
-            "allowed_paths": app.served_folders(), "head": review.KEYBOARD, "css": review.CSS,
+            "allowed_paths": app.served_folders(), "head": review.KEYBOARD, "css": review.CSS + study.CSS,
             "app_kwargs": {"middleware": [Middleware(FilesByRole, app=app)]}}
 
 

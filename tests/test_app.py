@@ -239,7 +239,11 @@ def call_each_endpoint(client, opened, key: str) -> dict:
              "preview_replace": lambda: ("tile", "patch", "all", "all", key, False),
              "apply_replace": lambda: ("tile", "patch", []),
              "assign": lambda: (["bob"], "all", 1, "all", False), "adjudicate": lambda: (key, "Settled.", current()),
-             "set_guidelines": lambda: ("# Guidelines",), "review_stats": lambda: ()}
+             "set_guidelines": lambda: ("# Guidelines",), "review_stats": lambda: (),
+             # Reader study (issue 18): an invitation is checked after the role, so its refusal is no "may not use".
+             "create_study": lambda: ("roles study", 1, 1, [READER], 0, ["fundus"], None, False),
+             "next_trial": lambda: ("roles study",), "study_results": lambda: ("roles study",),
+             "answer_trial": lambda: ("roles study", "0" * 16, "real", 3, 3, "", None)}
     results = {}
     for name, arguments in calls.items():
         try:

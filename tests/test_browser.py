@@ -112,8 +112,8 @@ def test_review_generate_compare_in_a_browser(browser, site):
     page.close()
 
 
-TABS_OF_ROLE = {"admin": ["Review", "Generate", "Compare", "Team", "Dashboard"], "reviewer": ["Review", "Generate", "Compare"],
-                "reader": []}
+TABS_OF_ROLE = {"admin": ["Review", "Generate", "Compare", "Team", "Dashboard", "Reader study"],
+                "reviewer": ["Review", "Generate", "Compare", "Reader study"], "reader": ["Reader study"]}
 
 
 @pytest.mark.slow

@@ -127,7 +127,7 @@ def test_a_store_made_by_the_initial_schema_upgrades_on_open(db):
         team.set_guidelines(store, "# Guidelines", author="alice")
     engine = create_engine(db if "://" in db else f"sqlite:///{db}")
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"  # 0003 follows 0002
     engine.dispose()
 
 
