@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from medart_core.bases import base_of_pipeline
 from medart_core.generation import GenerationSettings, generate_images
 from medart_core.pipeline import Precision, PromptEncoder, load_pipeline
 from medart_core.sampling import TextConditioning, decode_latents, micro_conditions, predict_noise
@@ -32,34 +33,35 @@ PROMPTS = ["An axial brain MRI slice, T1-weighted, at the level of the ventricle
            "An immunohistochemistry tile with brown staining on a blue background"]
 
 
-def median_seconds(fns: dict, repeats: int, *, warmup: bool = True) -> dict[str, float]:
-    """Median wall time of each function, run in interleaved rounds so that load from other
-    processes on the machine hits every row alike (warm-up off: for models so large on a CPU
-    that one round is all there is time for, and first-call costs are swamped)."""
+def median_seconds(fns: dict, repeats: int, *, warmup: bool = True, clock=time.perf_counter) -> dict[str, float]:
+    """Median time of each function on `clock` (default: wall time), run in interleaved rounds so
+    that load from other processes on the machine hits every row alike (warm-up off: for models so
+    large on a CPU that one round is all there is time for, and first-call costs are swamped)."""
     for fn in fns.values() if warmup else ():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def generation_paths(model, prompts: list[str], seeds: list[int], settings: GenerationSettings) -> dict:
     """The three ways to make the same images, as callables (each waits for the GPU to finish):
-    "stock" diffusers' pipeline, "medart" generate_images, and "floor", the transformer forwards
+    "stock" diffusers' pipeline (PixArt's or Sana's), "medart" generate_images, and "floor", the transformer forwards
     alone (steps x one CFG batch, inputs prepared beforehand); and "decode", one VAE decode of
     the batch, the part of a request the floor leaves out."""
     pipe, precision = model.pipe, model.precision
+    clean_caption = base_of_pipeline(pipe).clean_caption  # the stock default of the base, as medart encodes
     size = settings.height
     sync = torch.cuda.synchronize if precision.device.type == "cuda" else (lambda: None)
 
     def stock():
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         pipe(prompts, generator=generators, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-             height=size, width=size, use_resolution_binning=False, output_type="pil", clean_caption=True)
+             height=size, width=size, use_resolution_binning=False, output_type="pil", clean_caption=clean_caption)
         sync()
 
     def medart():

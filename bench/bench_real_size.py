@@ -1,6 +1,7 @@
-"""Real size, measured: PixArt-XL-2's transformer and the SD VAE at their real configs.
+"""Real size, measured: PixArt-XL-2's transformer and the SD VAE (or, with --base sana, Sana
+0.6B's transformer and DC-AE) at their real configs.
 
-Random weights, built from the configs embedded in finetune/plan.py (nothing is downloaded),
+Random weights, built from the configs embedded in medart_core/model_presets.py (nothing is downloaded),
 saved as a diffusers folder and loaded back by the project's own code (load_pipeline,
 finetune/train.py's build_models, cache and step functions). Each part runs in a fresh process,
 so its peak memory is its own (CPU: peak resident size over the process's size before the models
@@ -12,8 +13,8 @@ were loaded, C library returning freed memory at once; GPU: torch's peak allocat
              gradient checkpointing) likewise, and its floor: the same transformer forwards and
              backwards (the noise-prediction call and each sampling step's CFG batch) plus the
              VAE decode and its backward, each alone, without recomputation
-  generate   medart_core's generation vs the stock PixArtAlphaPipeline vs the floor (the
-             transformer forwards alone; the VAE decode is shown beside it)
+  generate   medart_core's generation vs the stock pipeline (PixArtAlphaPipeline, SanaPipeline)
+             vs the floor (the transformer forwards alone; the VAE decode is shown beside it)
   text-cache the prompt-embedding cache: a repeated prompt encoded with and without it
   quant-t5   T5 in none / 8-bit / 4-bit (bitsandbytes): weight memory and encoding time
 
@@ -22,11 +23,16 @@ On a CPU the text encoder is a small T5: T5-XXL's width (PixArt's caption projec
 parameters. T5-XXL itself (4.76B parameters, 19 GB in fp32) does not fit beside the transformer
 and the VAE in this machine's 24 GB; `--text-encoder xxl` (bench/gpu_check.sh) measures it.
 
+Sana's text encoder on a CPU is likewise Gemma-2 2B's width (2304, Sana's caption channels) with
+one of its 26 layers; `--text-encoder full` builds Gemma-2 2B itself.
+
 The last line of each part: `plain: measured X MB, planned Y MB, ratio Z` (Z = planned /
-measured; likewise `hldf: ...`) and `generate: medart/stock R, medart/floor F`.
+measured; likewise `hldf: ...`) and `generate: medart/stock R, medart/floor F`; a Sana part's
+starts with `sana ` (`sana plain: ...`).
 
     OMP_NUM_THREADS=1 nice python bench/bench_real_size.py --which plain   # a few minutes on one core
     python bench/bench_real_size.py --which all --model-dir /tmp/pixart-xl  # keeps the 3 GB model folder
+    python bench/bench_real_size.py --base sana --which generate             # Sana 0.6B
     python bench/bench_real_size.py --tiny --which plain                     # the tests' tiny model: seconds
     python bench/bench_real_size.py --markdown bench/results/gpu-DATE.json   # a results file as a table
 """
@@ -43,6 +49,8 @@ import time
 from pathlib import Path
 
 CPU_PARTS = ("plain", "hldf", "generate")
+DEFAULT_PRESETS = {"pixart-alpha": "PixArt-alpha/PixArt-XL-2-512x512",
+                   "sana": "Efficient-Large-Model/Sana_600M_512px_diffusers"}  # --base: the preset it builds
 PARTS = CPU_PARTS + ("text-cache", "quant-t5")
 PROMPT = "An endoscopic image of a polyp: pink, round, smooth surface, no bleeding, surrounded by normal mucosa"
 BUILD_FILE = "medart-bench-build.json"
@@ -56,39 +64,62 @@ EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"
 
 
 def build_settings(args) -> dict:
-    return {"preset": None if args.tiny else args.preset, "text_encoder": args.text_encoder,
+    return {"base": args.base, "preset": None if args.tiny else args.preset, "text_encoder": args.text_encoder,
             "dtype": args.dtype, "tiny": args.tiny}
 
 
-def build_folder(folder: str, settings: dict, device: str, queue) -> None:
-    """A save_pretrained PixArt-alpha folder with random weights at the preset's real configs
-    (or the tests' tiny model), built on `device` in the run's dtype."""
+def real_components(preset, text_encoder: str, device: str):
+    """The preset's transformer and VAE at their real configs (random weights, on `device`), a
+    text encoder (the real config, or its width with one layer), a tokenizer trained here and
+    the base's scheduler: the keyword arguments of the base's pipeline class."""
     import torch
-    from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline,
-                           PixArtTransformer2DModel)
+    from diffusers import (AutoencoderDC, AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel,
+                           SanaTransformer2DModel)
     from transformers import T5Config, T5EncoderModel
+
+    from medart_core.bases import SANA
+    from medart_core.scratch import gemma2_encoder, sana_scheduler, train_gemma_tokenizer, train_t5_tokenizer
+
+    configs = preset.configs
+    text = {k: v for k, v in configs["text_encoder"].items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    with torch.device(device):  # T5-XXL materialises on the GPU in seconds, not minutes on a CPU
+        if preset.base == SANA:
+            tokenizer = train_gemma_tokenizer()
+            if text_encoder == "small":  # Gemma-2's width (the caption projection's input), one layer
+                text.update(num_hidden_layers=1, vocab_size=len(tokenizer))
+            return dict(tokenizer=tokenizer, text_encoder=gemma2_encoder(tokenizer, **text),
+                        vae=AutoencoderDC.from_config(configs["vae"]),
+                        transformer=SanaTransformer2DModel.from_config(configs["transformer"]),
+                        scheduler=sana_scheduler())
+        tokenizer = train_t5_tokenizer()
+        if text_encoder == "small":  # T5-XXL's width (the caption projection's input), one layer
+            text.update(num_layers=1, vocab_size=len(tokenizer))
+        return dict(tokenizer=tokenizer, text_encoder=T5EncoderModel(T5Config(**text)),
+                    vae=AutoencoderKL.from_config(configs["vae"]),
+                    transformer=PixArtTransformer2DModel.from_config(configs["transformer"]),
+                    scheduler=DPMSolverMultistepScheduler(algorithm_type="dpmsolver++"))
+
+
+def build_folder(folder: str, settings: dict, device: str, queue) -> None:
+    """A save_pretrained folder of the base's pipeline with random weights at the preset's real
+    configs (or the tests' tiny model of the base), built on `device` in the run's dtype."""
+    import torch
 
     from medart_core.model_presets import PRESETS
     from medart_core.pipeline import parse_dtype
-    from medart_core.scratch import ScratchConfig, build_pipeline, save_pipeline, train_t5_tokenizer
+    from medart_core.scratch import build_pipeline, build_sana_pipeline, save_pipeline
 
     if settings["tiny"]:
-        save_pipeline(build_pipeline(ScratchConfig(), seed=0), folder)
+        save_pipeline(build_sana_pipeline() if settings["base"] == "sana" else build_pipeline(), folder)
     else:
-        configs = PRESETS[settings["preset"]].configs
-        tokenizer = train_t5_tokenizer()
-        t5 = {k: v for k, v in configs["text_encoder"].items() if not k.startswith("_")}
-        if settings["text_encoder"] == "small":  # T5-XXL's width (the caption projection's input), one layer
-            t5.update(num_layers=1, vocab_size=len(tokenizer))
+        preset = PRESETS[settings["preset"]]
+        components = real_components(preset, settings["text_encoder"], device)
         dtype = parse_dtype(settings["dtype"])
-        torch.manual_seed(0)
-        with torch.device(device):  # T5-XXL materialises on the GPU in seconds, not minutes on a CPU
-            models = [PixArtTransformer2DModel.from_config(configs["transformer"]),
-                      AutoencoderKL.from_config(configs["vae"]), T5EncoderModel(T5Config(**t5))]
-        transformer, vae, text_encoder = (m if dtype == torch.float32 else m.to(dtype) for m in models)
-        pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                                   scheduler=DPMSolverMultistepScheduler(algorithm_type="dpmsolver++"))
-        save_pipeline(pipe, folder)
+        for name in ("transformer", "vae", "text_encoder"):
+            if dtype != torch.float32:
+                components[name] = components[name].to(dtype)
+        save_pipeline(preset.base.pipeline_type()(**components), folder)
     (Path(folder) / BUILD_FILE).write_text(json.dumps(settings))
     queue.put(folder)
 
@@ -143,12 +174,16 @@ def run_quietly(target, *args) -> None:
 
 class Meter:
     """Memory now and at its peak since the last reset: torch's allocated bytes on a GPU, the
-    resident size on a CPU (bench_train.py's readings)."""
+    resident size on a CPU (bench_train.py's readings); and the clock that times a part: wall time
+    on a GPU, the process's CPU time on a CPU, where other jobs on a shared machine stretch wall
+    time by whatever share of the cores they take (a nice'd bench the most)."""
 
     def __init__(self, device):
         import torch
 
         self.torch, self.gpu = torch, device.type == "cuda"
+        self.clock = time.perf_counter if self.gpu else time.process_time
+        self.clock_name = "wall" if self.gpu else "process CPU"
 
     def now(self) -> int:
         from bench_train import resident_bytes
@@ -180,9 +215,10 @@ def train_arguments(options: dict, kind: str, resolution: int) -> list[str]:
                  "--caption_dropout", "0", "--cache_dir", str(Path(options["data_dir"]).parent / f"cache-{kind}")]
     if options["config"]:
         arguments = ["--config", options["config"], *arguments]
-    else:
+    else:  # DC-AE (Sana) has no gradient checkpointing in diffusers: its decode keeps its activations
+        vae_checkpointing = kind == "hldf" and options["vae_checkpointing"]
         arguments += ["--train_batch_size", "1", "--lora_rank", "16", "--hldf_steps", str(options["hldf_steps"]),
-                      "--hldf_checkpointing", "true", "--vae_gradient_checkpointing", str(kind == "hldf").lower()]
+                      "--hldf_checkpointing", "true", "--vae_gradient_checkpointing", str(vae_checkpointing).lower()]
     return arguments + ["--hldf_every", "1" if kind == "hldf" else "0"]
 
 
@@ -196,12 +232,14 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
     """One training step (plain or HLDF) as finetune/train.py runs it; for HLDF, also its floor."""
     import torch
     from accelerate import Accelerator
-    from diffusers import PixArtAlphaPipeline  # noqa: F401  (imported before the baseline)
     from torch.utils.data import DataLoader
 
     import finetune.train as T
     from finetune.plan import memory_plan
+    from medart_core.bases import detect_base
     from medart_core.training_data import ImageCaptionDataset
+
+    detect_base(options["model_dir"]).pipeline_type()  # its classes imported before the baseline
 
     config = step_config(options, kind, resolution)
     device = torch.device(options["device"])
@@ -224,7 +262,7 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
     batch = next(iter(DataLoader(dataset, batch_size=config.train_batch_size)))
 
     meter.reset()
-    start = time.perf_counter()
+    start = meter.clock()
     generators = T.step_generators(config.seed, 0, len(batch["text"]))
     loss, real_colour = T.noise_prediction_step(models, batch, config, generators, objective, accelerator)
     if kind == "hldf":
@@ -234,12 +272,12 @@ def measure_step(kind: str, options: dict, resolution: int, queue) -> None:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     meter.sync()
-    seconds = time.perf_counter() - start
+    seconds = meter.clock() - start
     step_peak = meter.peak() - baseline
 
     plan = memory_plan(config, device=accelerator.device.type)
     result = {"part": kind, "resolution": config.resolution, "batch": config.train_batch_size,
-              "seconds": seconds, "measured_mb": step_peak / MB,
+              "seconds": seconds, "clock": meter.clock_name, "measured_mb": step_peak / MB,
               "planned_mb": (plan.peak_hldf if kind == "hldf" else plan.peak_plain) / MB,
               "caching_measured_mb": caching_peak / MB, "caching_planned_mb": plan.rows["caching"] / MB,
               "plan_rows_mb": {k: v / MB for k, v in plan.rows.items()}}
@@ -264,12 +302,12 @@ def hldf_floor(models, config, accelerator, meter) -> dict:
 
     def timed(backward_of):
         meter.sync()
-        start = time.perf_counter()
+        start = meter.clock()
         with accelerator.autocast():
             output = backward_of()
         output.float().square().mean().backward()
         meter.sync()
-        return time.perf_counter() - start
+        return meter.clock() - start
 
     def transformer_pass(n):
         latents = torch.randn(n, channels, latent_size, latent_size, device=device, dtype=dtype)
@@ -309,11 +347,12 @@ def measure_generation(options: dict, resolution: int, queue) -> None:
     from medart_core.generation import GenerationSettings
 
     model = load_for_inference(options)
+    meter = Meter(model.precision.device)
     settings = GenerationSettings(steps=options["steps"], guidance=4.5, height=resolution, width=resolution)
     rows = median_seconds(generation_paths(model, [PROMPT], [0], settings), options["repeats"],
-                          warmup=options["device"] == "cuda")
+                          warmup=options["device"] == "cuda", clock=meter.clock)
     queue.put({"part": "generate", "resolution": resolution, "steps": settings.steps, "batch": 1,
-               "seconds": rows, "medart/stock": rows["medart"] / rows["stock"],
+               "seconds": rows, "clock": meter.clock_name, "medart/stock": rows["medart"] / rows["stock"],
                "medart/floor": rows["medart"] / rows["floor"],
                "medart/(floor+decode)": rows["medart"] / (rows["floor"] + rows["decode"])})
 
@@ -403,7 +442,9 @@ def markdown(results: list[dict]) -> str:
     rows = ["| part | settings | seconds | memory: measured / planned MB (ratio) | vs floor / stock |",
             "|---|---|---|---|---|"]
     for r in results:
-        where = f"{r['date']}, {r['device']} {r['dtype']}, T5 {r['text_encoder']}"
+        where = f"{r['date']}, {r.get('base', 'PixArt-alpha')}, {r['device']} {r['dtype']}, {text_label(r)}"
+        if r.get("clock", "wall") != "wall":
+            where += f", {r['clock']} seconds"
         if r["part"] in ("plain", "hldf"):
             settings = f"{where}, {r['resolution']} px, batch {r['batch']}"
             if r["part"] == "hldf":
@@ -432,22 +473,34 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def prefix(r: dict) -> str:
+    """"sana " before a Sana part's lines; nothing for PixArt-alpha (results from before the
+    --base option have no base: PixArt-alpha)."""
+    base = r.get("base", "PixArt-alpha")
+    return "" if base == "PixArt-alpha" else f"{base.lower()} "
+
+
+def text_label(r: dict) -> str:
+    return f"{'Gemma-2' if r.get('base') == 'Sana' else 'T5'} {r['text_encoder']}"
+
+
 def summary_line(r: dict) -> str:
     if r["part"] in ("plain", "hldf"):
-        return (f"{r['part']}: measured {r['measured_mb']:.0f} MB, planned {r['planned_mb']:.0f} MB, "
+        return (f"{prefix(r)}{r['part']}: measured {r['measured_mb']:.0f} MB, planned {r['planned_mb']:.0f} MB, "
                 f"ratio {r['planned_mb'] / r['measured_mb']:.2f}")
     if r["part"] == "generate":
-        return f"generate: medart/stock {r['medart/stock']:.3f}, medart/floor {r['medart/floor']:.3f}"
+        return f"{prefix(r)}generate: medart/stock {r['medart/stock']:.3f}, medart/floor {r['medart/floor']:.3f}"
     if r["part"] == "text-cache":
         e = r["encode_ms"]
-        return f"text-cache: encode {e['uncached']:.1f} ms uncached, {e['cached']:.3f} ms cached"
+        return f"{prefix(r)}text-cache: encode {e['uncached']:.1f} ms uncached, {e['cached']:.3f} ms cached"
     return "quant-t5: " + ", ".join(f"{q['quantization']} {q.get('weights_mb', 0):.0f} MB" if "skipped" not in q
                                     else f"{q['quantization']} skipped" for q in r["variants"])
 
 
 def details(r: dict) -> str:
     """The part's figures in full, before its summary line."""
-    lines = [f"{r['part']} ({r['device']}, {r['dtype']}, T5 {r['text_encoder']}):"]
+    clock = f", {r['clock']} seconds" if "clock" in r else ""
+    lines = [f"{prefix(r)}{r['part']} ({r['device']}, {r['dtype']}, {text_label(r)}{clock}):"]
     if r["part"] in ("plain", "hldf"):
         lines.append(f"  {r['resolution']} px, batch {r['batch']}: step {r['seconds']:.1f} s; caching phase "
                      f"{r['caching_measured_mb']:.0f} MB measured, {r['caching_planned_mb']:.0f} MB planned")
@@ -488,10 +541,10 @@ def hldf_resolution(options: dict, wanted: int, floor: int) -> tuple[int, str]:
 
 
 def parse_args(argv=None):
-    from medart_core.bases import PIXART_ALPHA
     from medart_core.model_presets import PRESETS
 
-    alpha_presets = [name for name, preset in PRESETS.items() if preset.base == PIXART_ALPHA]
+    bases = {name: PRESETS[preset].base for name, preset in DEFAULT_PRESETS.items()}
+    presets = [name for name, preset in PRESETS.items() if preset.base in bases.values()]
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--which", default="plain", choices=[*PARTS, "all"],
@@ -500,11 +553,15 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
                         help="weights of the model folder and of inference (default: fp32 on cpu, bf16 on cuda); "
                              "training steps follow the config's mixed_precision (auto: bf16 on a GPU)")
-    parser.add_argument("--text-encoder", choices=["small", "xxl"], default=None,
-                        help="small: T5-XXL's width with 1 layer; xxl: T5-XXL's real config "
-                             "(default: small on cpu, xxl on cuda)")
-    parser.add_argument("--preset", choices=alpha_presets, default="PixArt-alpha/PixArt-XL-2-512x512",
-                        help="whose real configs to build (default: PixArt-alpha/PixArt-XL-2-512x512)")
+    parser.add_argument("--base", choices=list(DEFAULT_PRESETS), default="pixart-alpha",
+                        help="the architecture to build: " + "; ".join(f"{b}: {p}" for b, p in DEFAULT_PRESETS.items())
+                             + " (default: pixart-alpha)")
+    parser.add_argument("--text-encoder", choices=["small", "full", "xxl"], default=None,
+                        help="small: the base's text encoder at its real width with 1 layer (T5-XXL's for PixArt, "
+                             "Gemma-2 2B's for Sana); full: its real config; xxl: the same as full, T5-XXL's name "
+                             "(default: small on cpu, full on cuda)")
+    parser.add_argument("--preset", choices=presets, default=None,
+                        help="whose real configs to build, of the --base (default: the base's, as above)")
     parser.add_argument("--resolution", type=int, default=None, help="pixels (default: 512; 32 with --tiny)")
     parser.add_argument("--hldf-resolution", type=int, default=None,
                         help="pixels of the HLDF step (default: --resolution, or on a CPU the largest multiple of "
@@ -518,8 +575,8 @@ def parse_args(argv=None):
                         help="timed rounds of generate and text-cache, median shown (default: 1 on cpu, 3 on cuda; "
                              "a warm-up round first on cuda)")
     parser.add_argument("--model", default=None,
-                        help="measure this local PixArt-alpha pipeline folder as it is (e.g. real weights) "
-                             "instead of building one; --preset, --text-encoder and --tiny then do not apply")
+                        help="measure this local PixArt-alpha or Sana pipeline folder as it is (e.g. real weights) "
+                             "instead of building one; --base, --preset, --text-encoder and --tiny then do not apply")
     parser.add_argument("--model-dir", default=None,
                         help="build the model folder here and keep it; reused when built with the same settings "
                              "(default: a temporary folder, deleted)")
@@ -532,11 +589,14 @@ def parse_args(argv=None):
         return args
     import torch
 
+    from medart_core.bases import detect_base
+    from medart_core.errors import MedArtError
+
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is available here")
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
-    args.text_encoder = args.text_encoder or ("xxl" if args.device == "cuda" else "small")
+    args.text_encoder = args.text_encoder or ("full" if args.device == "cuda" else "small")
     args.resolution = args.resolution or (32 if args.tiny else 512)
     args.repeats = args.repeats or (3 if args.device == "cuda" else 1)
     for name in ("hldf_steps", "steps", "repeats", "resolution"):
@@ -546,7 +606,32 @@ def parse_args(argv=None):
         parser.error(f"--model {args.model}: not a diffusers pipeline folder (no model_index.json in it)")
     if args.config and not Path(args.config).is_file():
         parser.error(f"--config {args.config}: no such file")
+    args.preset = args.preset or DEFAULT_PRESETS[args.base]
+    if PRESETS[args.preset].base != bases[args.base]:
+        parser.error(f"--preset {args.preset} is a {PRESETS[args.preset].base.name} model, not --base {args.base}")
+    try:
+        base = detect_base(args.model) if args.model else bases[args.base]
+    except MedArtError as err:
+        parser.error(f"--model {args.model}: {err}")
+    check_parts(parser, base, args.which)
+    args.base_name = base.name
+    args.vae_checkpointing = base_vae_checkpoints(base)
     return args
+
+
+def base_vae_checkpoints(base) -> bool:
+    """Whether the base's VAE class has gradient checkpointing in diffusers (AutoencoderKL yes, AutoencoderDC no)."""
+    import diffusers
+
+    return getattr(diffusers, base.vae_class)._supports_gradient_checkpointing
+
+
+def check_parts(parser, base, which: str) -> None:
+    """Refuse, before any model is built, a part the base cannot run."""
+    from medart_core.bases import PIXART_ALPHA
+
+    if which == "quant-t5" and base != PIXART_ALPHA:
+        parser.error(f"--which quant-t5 measures PixArt's T5; {base.name}'s text encoder is {base.text_encoder}")
 
 
 def main(argv=None) -> None:
@@ -561,7 +646,7 @@ def main(argv=None) -> None:
 
     context = multiprocessing.get_context("spawn")
     parts = CPU_PARTS if args.which == "all" else (args.which,)
-    stamp = {"date": datetime.date.today().isoformat(), "device": args.device, "dtype": args.dtype,
+    stamp = {"date": datetime.date.today().isoformat(), "base": args.base_name, "device": args.device, "dtype": args.dtype,
              "text_encoder": "tiny" if args.tiny else args.text_encoder}
     with tempfile.TemporaryDirectory() as scratch:
         if args.model:
@@ -574,7 +659,8 @@ def main(argv=None) -> None:
         batch = 4 if args.config else 1
         data_dir = make_data(Path(scratch) / "data", args.resolution, count=batch)
         options = {"model_dir": str(folder), "data_dir": str(data_dir), "device": args.device, "dtype": args.dtype,
-                   "config": args.config, "hldf_steps": args.hldf_steps, "steps": args.steps, "repeats": args.repeats}
+                   "config": args.config, "hldf_steps": args.hldf_steps, "steps": args.steps, "repeats": args.repeats,
+                   "vae_checkpointing": args.vae_checkpointing}
         memory_env = EXACT_MALLOC if args.device == "cpu" else {}
         for part in parts:
             print(f"measuring {part} ...", flush=True)

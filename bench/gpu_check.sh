@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One short measurement on a machine with a CUDA GPU: PixArt-XL-2 at real size, random weights,
-# T5-XXL at its real config in bf16 (built on the GPU from finetune/plan.py's embedded config).
+# One short measurement on a machine with a CUDA GPU: PixArt-XL-2 and Sana 0.6B at real size, random
+# weights, T5-XXL and Gemma-2 2B at their real configs in bf16 (built on the GPU from the configs
+# embedded in medart_core/model_presets.py).
 # Sized for a short lease: about 4 minutes for everything; each part can be run alone, and each
 # part's figures are written as soon as it finishes:
 #   bench/results/gpu-<date>.json   (every part's figures)
@@ -20,10 +21,11 @@
 #   text-cache       the prompt-embedding cache's effect with T5-XXL
 #   quant-t5         T5-XXL in bf16, 8-bit and 4-bit (skipped with a message without bitsandbytes)
 #   caption          batched vs one-by-one captioning (bench/bench_caption.py)
+#   sana-gen512      Sana 0.6B generation at 512 px in bf16, 20 steps, CFG, as gen512
 # The machine starts bare: what it lacks must travel as wheels (64 MiB in all).
 set -euo pipefail
 
-ALL_PARTS="gen512,gen1024,plain,hldf,text-cache,quant-t5,caption"
+ALL_PARTS="gen512,gen1024,plain,hldf,text-cache,quant-t5,caption,sana-gen512"
 parts="$ALL_PARTS"
 dry_run=0
 tiny=0
@@ -60,11 +62,13 @@ if [ "$tiny" = 1 ]; then
   results="$folder/tiny-$stamp.json"; table="$folder/tiny-$stamp.md"; models="$models-tiny"
   xl512=(--model-dir "$models/tiny")
   xl1024=(--model-dir "$models/tiny")
+  sana512=(--base sana --model-dir "$models/tiny-sana")
   caption=(python bench/bench_caption.py --quick)
 else
-  device=(--device cuda --dtype bf16 --text-encoder xxl --repeats 3)
+  device=(--device cuda --dtype bf16 --text-encoder full --repeats 3)
   xl512=(--preset PixArt-alpha/PixArt-XL-2-512x512 --resolution 512 --model-dir "$models/xl512")
   xl1024=(--preset PixArt-alpha/PixArt-XL-2-1024-MS --resolution 1024 --model-dir "$models/xl1024")
+  sana512=(--base sana --resolution 512 --model-dir "$models/sana512")
   caption=(python bench/bench_caption.py --device cuda)
 fi
 bench=(python bench/bench_real_size.py "${device[@]}" --json "$results")
@@ -78,6 +82,7 @@ command_of() {
     text-cache) echo "${bench[*]} ${xl512[*]} --which text-cache --steps 20" ;;
     quant-t5) echo "${bench[*]} ${xl512[*]} --which quant-t5" ;;
     caption) echo "${caption[*]}" ;;
+    sana-gen512) echo "${bench[*]} ${sana512[*]} --which generate --steps 20" ;;
   esac
 }
 

@@ -209,8 +209,7 @@ def train_gemma_tokenizer(vocab_size: int = 384, extra_text: Iterable[str] = ())
 def build_sana_pipeline(config: SanaScratchConfig = SanaScratchConfig(), *, seed: int = 0, tokenizer=None):
     """A randomly initialised `SanaPipeline` (SanaTransformer2DModel, AutoencoderDC, Gemma2Model,
     DPM-Solver++ with flow prediction as Sana ships it), in eval mode, fp32, on CPU."""
-    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
+    from diffusers import AutoencoderDC, SanaPipeline, SanaTransformer2DModel
 
     tokenizer = tokenizer or train_gemma_tokenizer(config.vocab_size)
     torch.manual_seed(seed)
@@ -249,24 +248,31 @@ def build_sana_pipeline(config: SanaScratchConfig = SanaScratchConfig(), *, seed
         decoder_act_fns="silu",
         scaling_factor=0.41407,  # Sana's DC-AE f32c32
     )
-    text_encoder = Gemma2Model(
-        Gemma2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=config.text_width,
-            intermediate_size=2 * config.text_width,
-            num_hidden_layers=config.text_layers,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=config.text_width // 2,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        )
-    )
-    scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", prediction_type="flow_prediction",
-                                            use_flow_sigmas=True, flow_shift=config.flow_shift)
+    text_encoder = gemma2_encoder(tokenizer, hidden_size=config.text_width, intermediate_size=2 * config.text_width,
+                                  num_hidden_layers=config.text_layers, num_attention_heads=2, num_key_value_heads=1,
+                                  head_dim=config.text_width // 2)
+    scheduler = sana_scheduler(config.flow_shift)
     pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                         scheduler=scheduler)
     for module in (transformer, vae, text_encoder):
         module.eval()
     return pipe
+
+
+def sana_scheduler(flow_shift: float = 3.0):
+    """DPM-Solver++ with flow prediction and flow sigmas, as Sana's 512 and 1024 px pipelines ship it."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", prediction_type="flow_prediction",
+                                       use_flow_sigmas=True, flow_shift=flow_shift)
+
+
+def gemma2_encoder(tokenizer, **shape):
+    """A randomly initialised Gemma2Model of the given shape (Gemma2Config keys; its defaults are
+    Gemma-2 2B's) that speaks `tokenizer`: its special-token ids, and its vocabulary unless the
+    shape names a (larger) one."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    shape = {"vocab_size": len(tokenizer), **shape}
+    return Gemma2Model(Gemma2Config(**shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                    bos_token_id=tokenizer.bos_token_id))
