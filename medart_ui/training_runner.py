@@ -105,14 +105,13 @@ class RunSettings:
 
 
 def native_resolution(model: str) -> int | None:
-    """The base model's own image size (transformer sample size x VAE scale), or None when unknown."""
-    from finetune.plan import read_component_configs
+    """The base model's own image size (finetune.plan's, for any base), or None when unknown."""
+    from finetune import plan
 
     try:
-        _, configs = read_component_configs(model)
+        return plan.native_resolution(model)
     except MedArtError:
         return None
-    return configs["transformer"]["sample_size"] * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
 
 
 def read_losses(log_file: Path) -> tuple[int, dict[str, list[list[float]]]]:
@@ -287,14 +286,13 @@ class TrainingRunner:
     def start(self, settings: RunSettings, *, author: str) -> Run:
         """Export the chosen descriptions into a new run's folder, record which revision of each it
         holds, and queue the run. Refused (nothing kept) when the export would be empty."""
-        from medart_core.bases import check_trainable, detect_base
+        from medart_core.bases import detect_base
         from medart_core.store import export_dataset
         from finetune.config import load_config
 
         settings = settings.checked()
         if not self.model:
             raise MedArtError("no base model to train: start the app with --model")
-        check_trainable(detect_base(self.model))
         counts = self.store.counts()
         if settings.descriptions == "approved" and not counts["approved"]:
             raise MedArtError(f"nothing to train on: 0 of {counts['total']} descriptions are approved; approve some "
@@ -311,6 +309,7 @@ class TrainingRunner:
                                       f"({counts['approved']} of {counts['total']} descriptions are approved)")
                 arguments = self.train_arguments(run)[1:]
                 config = load_config(arguments).with_train_steps(len(trained), settings.processes)
+                config.check_base(detect_base(self.model))  # what the trainer would refuse, refused here in one line
             except BaseException:
                 self.runs.delete(run.id)
                 shutil.rmtree(run.folder, ignore_errors=True)

@@ -125,3 +125,18 @@ def test_a_checkpoint_being_written_is_not_listed(tmp_path):
         (tmp_path / "checkpoints" / name).mkdir(parents=True)
         (tmp_path / "checkpoints" / name / STATE_FILE).write_bytes(b"")
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-10"]
+
+
+def test_a_preset_the_base_cannot_honour_is_refused_in_one_line_and_leaves_no_run(tmp_path, tiny_sana_dir):
+    """recommended.yaml asks for VAE gradient checkpointing, which Sana's DC-AE lacks. Before the fix the
+    runner still called a check that #22 removed: an ImportError, shown as an internal error."""
+    from medart_core.errors import MedArtError
+    from medart_ui.training_runner import RunSettings, TrainingRunner
+
+    with ReviewStore(tmp_path / "review.sqlite") as store:
+        import_dataset(store, make_dataset(tmp_path / "data"), author="import")
+        runner = TrainingRunner(store, tmp_path, str(tiny_sana_dir))
+        with pytest.raises(MedArtError, match="no gradient checkpointing"):
+            runner.start(RunSettings(preset="recommended", steps=1, descriptions="all"), author="alice")
+        assert RunStore(store.engine).all() == []
+        assert not any((tmp_path / "training-runs").glob("run-*"))
