@@ -49,10 +49,12 @@ class FilesByRole:
             path = Path(wanted).resolve()
         except (OSError, ValueError):
             return None
-        if role is not None and path in {p.resolve() for p in self.app.reader_files(user)}:
-            return "study"
+        # One query on the common path (staff fetching data and generated images): the user's own
+        # copies are looked up only for a reader, or for staff asking for a blinded copy.
         if role in STAFF and path not in {p.resolve() for p in self.app.study_files()}:
             return "allowed"
+        if role is not None and path in {p.resolve() for p in self.app.reader_files(user)}:
+            return "study"
         logger.warning("refused file %s to %r (role %s)", wanted, user, role)
         return None
 
